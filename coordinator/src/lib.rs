@@ -1,0 +1,4 @@
+//! # dtx-coordinator
+//!
+//! engine / store / driver
+pub mod engine;
