@@ -1,0 +1,214 @@
+//! Configuration: defaults that run with nothing set, overridden by a TOML file, overridden
+//! by environment variables (`DTX_DATABASE_URL`, `DTX_LISTEN`, ...).
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::engine::Policy;
+
+/// Everything the coordinator can be told. Every field has a default that runs.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// `sqlite://PATH` (embedded, the default `sqlite://dtx.db`) or `postgres://...`.
+    /// Env: `DTX_DATABASE_URL`.
+    pub database_url: String,
+    /// Address of the HTTP API. Env: `DTX_LISTEN`.
+    pub listen: String,
+    /// Largest database pool (PostgreSQL).
+    pub max_connections: u32,
+    /// How long a claimed transaction stays leased to this process without a write.
+    pub lease_ms: u64,
+    /// How often the poller looks for due work (the recovery path; submits are driven at once).
+    pub poll_interval_ms: u64,
+    /// Transactions claimed per poll.
+    pub claim_batch: u32,
+    /// Transactions driven at once by this process.
+    pub max_inflight: usize,
+    /// Waits up to this long are slept through while keeping the lease; longer ones hand
+    /// the transaction back to the poller.
+    pub inline_wait_ms: u64,
+    /// Largest accepted request body.
+    pub body_limit_bytes: usize,
+    /// Most steps / branches in one transaction.
+    pub max_branches: usize,
+    /// Longest a `wait_result` request waits for the final state.
+    pub wait_result_timeout_ms: u64,
+    /// Default retry and timeout rules of new transactions.
+    pub defaults: Defaults,
+}
+
+/// Default rules of new transactions; a request may override each.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Defaults {
+    /// Base of the exponential backoff.
+    pub retry_interval_ms: u64,
+    /// Cap of the backoff (DESIGN §6: 60 s).
+    pub retry_cap_ms: u64,
+    /// Calls of one op before the transaction needs attention.
+    pub retry_limit: u32,
+    /// Age after which a still-retrying transaction needs attention.
+    pub max_age_ms: u64,
+    /// Timeout of one participant call.
+    pub request_timeout_ms: u64,
+    /// TCC: abort when not submitted within this time (DESIGN §3: 35 s).
+    pub tcc_timeout_to_fail_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            database_url: "sqlite://dtx.db".into(),
+            listen: "127.0.0.1:36789".into(),
+            max_connections: 16,
+            lease_ms: 30_000,
+            poll_interval_ms: 1_000,
+            claim_batch: 64,
+            max_inflight: 2_048,
+            inline_wait_ms: 2_000,
+            body_limit_bytes: 1 << 20,
+            max_branches: 512,
+            wait_result_timeout_ms: 30_000,
+            defaults: Defaults::default(),
+        }
+    }
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Self {
+            retry_interval_ms: 1_000,
+            retry_cap_ms: 60_000,
+            retry_limit: 50,
+            max_age_ms: 24 * 3600 * 1000,
+            request_timeout_ms: 10_000,
+            tcc_timeout_to_fail_ms: 35_000,
+        }
+    }
+}
+
+impl Defaults {
+    /// The rules of a new transaction: the request's values where given, else these.
+    pub fn policy(&self, o: &dtx::api::TxOptions) -> Policy {
+        Policy {
+            retry_interval_ms: o.retry_interval_ms.unwrap_or(self.retry_interval_ms).max(1),
+            retry_cap_ms: o.retry_cap_ms.unwrap_or(self.retry_cap_ms).max(1),
+            retry_limit: o.retry_limit.unwrap_or(self.retry_limit).max(1),
+            max_age_ms: o.max_age_ms.unwrap_or(self.max_age_ms),
+            request_timeout_ms: o
+                .request_timeout_ms
+                .unwrap_or(self.request_timeout_ms)
+                .max(1),
+        }
+    }
+}
+
+/// A configuration that could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this struct.
+    #[error("config file {path}: {source}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// What is wrong, with the line.
+        #[source]
+        source: toml::de::Error,
+    },
+    /// An environment variable has a bad value.
+    #[error("environment variable {name}: {detail}")]
+    Env {
+        /// The variable.
+        name: &'static str,
+        /// What is wrong.
+        detail: String,
+    },
+}
+
+impl Config {
+    /// Defaults, then the TOML file at `path` if given, then environment variables.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut config = match path {
+            None => Self::default(),
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.display().to_string(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|source| ConfigError::Parse {
+                    path: p.display().to_string(),
+                    source,
+                })?
+            }
+        };
+        config.apply_env(|name| std::env::var(name).ok())?;
+        Ok(config)
+    }
+
+    fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(v) = var("DTX_DATABASE_URL") {
+            self.database_url = v;
+        }
+        if let Some(v) = var("DTX_LISTEN") {
+            self.listen = v;
+        }
+        let num = |name: &'static str| -> Result<Option<u64>, ConfigError> {
+            var(name)
+                .map(|v| {
+                    v.parse::<u64>().map_err(|e| ConfigError::Env {
+                        name,
+                        detail: format!("`{v}`: {e}"),
+                    })
+                })
+                .transpose()
+        };
+        if let Some(v) = num("DTX_POLL_INTERVAL_MS")? {
+            self.poll_interval_ms = v;
+        }
+        if let Some(v) = num("DTX_LEASE_MS")? {
+            self.lease_ms = v;
+        }
+        if let Some(v) = num("DTX_MAX_CONNECTIONS")? {
+            self.max_connections = v as u32;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_apply_in_order() {
+        let mut c: Config =
+            toml::from_str("listen = \"0.0.0.0:1\"\n[defaults]\nretry_limit = 3\n").unwrap();
+        assert_eq!(c.defaults.retry_limit, 3);
+        assert_eq!(
+            c.defaults.retry_cap_ms, 60_000,
+            "unset keys keep their default"
+        );
+        c.apply_env(|n| (n == "DTX_LISTEN").then(|| "127.0.0.1:9".to_string()))
+            .unwrap();
+        assert_eq!(c.listen, "127.0.0.1:9");
+        assert!(
+            c.apply_env(|n| (n == "DTX_LEASE_MS").then(|| "soon".to_string()))
+                .is_err()
+        );
+        assert!(
+            toml::from_str::<Config>("lisen = 1").is_err(),
+            "typos are refused"
+        );
+    }
+}

@@ -1,0 +1,382 @@
+//! Drives transactions to a final state: load, ask the engine, persist, call participants,
+//! fold the answers in, repeat.
+//!
+//! A driver works only on transactions leased to its process. Every write is fenced by the
+//! row's version and the lease owner ([`Store::save`]); a lost race means someone else owns
+//! the transaction now, and this driver simply stops. Decisions are persisted *before* the
+//! calls they lead to, so a crash at any instant resumes from a decision already on disk.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use dtx::GlobalStatus;
+use tokio::sync::{Semaphore, oneshot};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::clock::DbClock;
+use crate::engine::{self, OpState, Outcome, TxState};
+use crate::invoke::HttpInvoker;
+use crate::invoke::http::BranchCall;
+use crate::service::StoredOptions;
+use crate::store::{AttemptRecord, GlobalRow, OpRow, OpUpdate, Progress, Saved, Store, StoreError};
+
+/// Why a drive stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum DriveError {
+    /// The store failed; the lease will expire and the poller will retry.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The stored options could not be read.
+    #[error("options of {gid} unreadable: {detail}")]
+    Options {
+        /// The transaction.
+        gid: String,
+        /// The parse error.
+        detail: String,
+    },
+}
+
+/// Those waiting for transactions to become final (`wait_result`).
+#[derive(Debug, Default)]
+pub struct Waiters {
+    waiting: Mutex<HashMap<String, Vec<oneshot::Sender<GlobalStatus>>>>,
+}
+
+impl Waiters {
+    /// Registers interest in `gid`'s final status.
+    pub fn subscribe(&self, gid: &str) -> oneshot::Receiver<GlobalStatus> {
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut w) = self.waiting.lock() {
+            w.entry(gid.to_owned()).or_default().push(tx);
+        }
+        rx
+    }
+
+    /// Drops a subscription that is no longer wanted (its receiver was dropped).
+    pub fn prune(&self, gid: &str) {
+        if let Ok(mut w) = self.waiting.lock()
+            && let Some(list) = w.get_mut(gid)
+        {
+            list.retain(|s| !s.is_closed());
+            if list.is_empty() {
+                w.remove(gid);
+            }
+        }
+    }
+
+    fn notify(&self, gid: &str, status: GlobalStatus) {
+        let senders = self.waiting.lock().ok().and_then(|mut w| w.remove(gid));
+        for s in senders.into_iter().flatten() {
+            let _ = s.send(status);
+        }
+    }
+}
+
+/// Tunables of the driver.
+#[derive(Debug, Clone)]
+pub struct DriverConfig {
+    /// This process's lease owner id.
+    pub owner: String,
+    /// Lease length (extended on every write).
+    pub lease_ms: i64,
+    /// Waits up to this long are slept through with the lease kept.
+    pub inline_wait_ms: i64,
+    /// Transactions driven at once.
+    pub max_inflight: usize,
+}
+
+/// Drives transactions leased to this process.
+pub struct Driver {
+    store: Arc<dyn Store>,
+    clock: Arc<DbClock>,
+    invoker: HttpInvoker,
+    config: DriverConfig,
+    permits: Arc<Semaphore>,
+    /// Final-status notifications for `wait_result`.
+    pub waiters: Waiters,
+}
+
+/// In-memory copy of a transaction being driven.
+struct Working {
+    gid: String,
+    version: i64,
+    tx: TxState,
+    ops: Vec<OpState>,
+    rows: Vec<OpRow>,
+    headers: BTreeMap<String, String>,
+    rollback_reason: Option<String>,
+}
+
+impl Driver {
+    /// A driver over `store`.
+    pub fn new(store: Arc<dyn Store>, clock: Arc<DbClock>, config: DriverConfig) -> Self {
+        let permits = Arc::new(Semaphore::new(config.max_inflight.max(1)));
+        Self {
+            store,
+            clock,
+            invoker: HttpInvoker::new(),
+            config,
+            permits,
+            waiters: Waiters::default(),
+        }
+    }
+
+    /// This process's lease owner id.
+    pub fn owner(&self) -> &str {
+        &self.config.owner
+    }
+
+    /// Lease length.
+    pub fn lease_ms(&self) -> i64 {
+        self.config.lease_ms
+    }
+
+    /// Drives `gid` in the background; it must be leased to this process already.
+    pub fn spawn(self: &Arc<Self>, gid: String) {
+        let this = Arc::clone(self);
+        let span = info_span!("tx", gid = %gid);
+        tokio::spawn(
+            async move {
+                let Ok(_permit) = this.permits.clone().acquire_owned().await else { return };
+                if let Err(e) = this.drive(&gid).await {
+                    warn!(error = %e, "drive interrupted; the poller will resume it after the lease expires");
+                }
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Transactions being driven or waiting for a permit.
+    pub fn available_permits(&self) -> usize {
+        self.permits.available_permits()
+    }
+
+    async fn load(&self, gid: &str) -> Result<Option<Working>, DriveError> {
+        let Some((row, rows)) = self.store.load(gid).await? else {
+            return Ok(None);
+        };
+        if row.lease_owner.as_deref() != Some(self.config.owner.as_str()) {
+            return Ok(None);
+        }
+        Ok(Some(working(row, rows)?))
+    }
+
+    /// Drives `gid` until it is final, parked, waiting long, or no longer ours.
+    pub async fn drive(&self, gid: &str) -> Result<(), DriveError> {
+        // A lost race with a writer that does not take leases (branch registration) is
+        // retried from fresh state a few times; a lost lease ends the drive.
+        for _ in 0..3 {
+            let Some(mut w) = self.load(gid).await? else {
+                debug!("not leased to this process; leaving it");
+                return Ok(());
+            };
+            match self.run(&mut w).await? {
+                Some(()) => return Ok(()),
+                None => continue,
+            }
+        }
+        Ok(())
+    }
+
+    /// Returns `Ok(None)` when a write lost a race and the caller should reload.
+    async fn run(&self, w: &mut Working) -> Result<Option<()>, DriveError> {
+        let mut changed: BTreeSet<usize> = BTreeSet::new();
+        let mut attempts: Vec<AttemptRecord> = Vec::new();
+        loop {
+            let now = self.clock.now();
+            let plan = engine::plan(&w.tx, &w.ops, now);
+            let status_changed = plan.status != w.tx.status;
+            let attention_changed = plan.attention != w.tx.needs_attention;
+            if plan.rollback_reason.is_some() && w.rollback_reason.is_none() {
+                w.rollback_reason.clone_from(&plan.rollback_reason);
+            }
+            // What happens after this write: keep driving (lease kept), or hand back.
+            let wait = plan.wake_at.map(|t| (t - now).max(0));
+            let keep = !plan.status.is_final()
+                && plan.attention.is_none()
+                && (!plan.calls.is_empty()
+                    || wait.is_some_and(|d| d <= self.config.inline_wait_ms));
+            let must_write = status_changed || attention_changed || !changed.is_empty() || !keep;
+            if must_write {
+                let progress = Progress {
+                    status: plan.status,
+                    needs_attention: plan.attention.clone(),
+                    rollback_reason: w.rollback_reason.clone(),
+                    next_attempt_at: if plan.status.is_final() || plan.attention.is_some() {
+                        None
+                    } else if keep {
+                        // Ours while the lease holds; due for the poller once it lapses.
+                        Some(now)
+                    } else {
+                        plan.wake_at
+                    },
+                    ops: changed.iter().map(|&i| op_update(&w.ops[i])).collect(),
+                    attempts: std::mem::take(&mut attempts),
+                    lease_ms: keep.then(|| self.lease_for(w)),
+                };
+                match self
+                    .store
+                    .save(&w.gid, &self.config.owner, w.version, &progress)
+                    .await?
+                {
+                    Saved::Ok(v) => w.version = v,
+                    Saved::Conflict => {
+                        debug!("write lost a race; reloading");
+                        return Ok(None);
+                    }
+                }
+                changed.clear();
+                if status_changed {
+                    info!(from = %w.tx.status, to = %plan.status, reason = plan.rollback_reason.as_deref().unwrap_or(""), "status changed");
+                }
+                if let Some(reason) = plan.attention.as_deref().filter(|_| attention_changed) {
+                    warn!(reason, "needs attention: automatic retries stopped");
+                }
+                w.tx.status = plan.status;
+                w.tx.needs_attention = plan.attention.clone();
+                if plan.status.is_final() {
+                    self.waiters.notify(&w.gid, plan.status);
+                }
+            }
+            if !keep {
+                return Ok(Some(()));
+            }
+            if plan.calls.is_empty() {
+                let d = wait.unwrap_or(0).max(1);
+                tokio::time::sleep(Duration::from_millis(d as u64)).await;
+                continue;
+            }
+            let outcomes = self.call_all(w, &plan.calls).await;
+            let now = self.clock.now();
+            for (i, outcome, started_at, duration_ms) in outcomes {
+                let op = &mut w.ops[i];
+                log_outcome(op, &outcome, duration_ms);
+                engine::apply_outcome(op, &outcome, now, &w.tx.policy, fastrand::f64());
+                changed.insert(i);
+                let (label, error) = match &outcome {
+                    Outcome::Success => ("success", None),
+                    Outcome::Failure(e) => ("failure", Some(e.clone())),
+                    Outcome::Ongoing => ("ongoing", None),
+                    Outcome::Transient(e) => ("transient", Some(e.clone())),
+                };
+                attempts.push(AttemptRecord {
+                    branch_id: op.branch_id.clone(),
+                    op: op.op,
+                    started_at,
+                    duration_ms,
+                    outcome: label,
+                    error,
+                });
+            }
+        }
+    }
+
+    /// The lease to take on a write: long enough for the slowest call plus a margin.
+    fn lease_for(&self, w: &Working) -> i64 {
+        let slowest = w
+            .rows
+            .iter()
+            .map(|r| {
+                r.request_timeout_ms
+                    .unwrap_or(w.tx.policy.request_timeout_ms as i64)
+            })
+            .max()
+            .unwrap_or(0);
+        self.config
+            .lease_ms
+            .max(slowest + self.config.inline_wait_ms + 5_000)
+    }
+
+    async fn call_all(&self, w: &Working, calls: &[usize]) -> Vec<(usize, Outcome, i64, i64)> {
+        let futures = calls.iter().map(|&i| {
+            let row = &w.rows[i];
+            let timeout = row
+                .request_timeout_ms
+                .map_or(w.tx.policy.request_timeout_ms, |t| t as u64);
+            let call = BranchCall {
+                gid: &w.gid,
+                trans_type: w.tx.trans_type,
+                branch_id: &row.branch_id,
+                op: row.op,
+                target: &row.target,
+                payload: &row.payload,
+                headers: &w.headers,
+                timeout: Duration::from_millis(timeout),
+            };
+            async move {
+                let started_at = self.clock.now();
+                let t0 = Instant::now();
+                let outcome = self.invoker.call(&call).await;
+                (i, outcome, started_at, t0.elapsed().as_millis() as i64)
+            }
+        });
+        futures_util::future::join_all(futures).await
+    }
+}
+
+fn log_outcome(op: &OpState, outcome: &Outcome, duration_ms: i64) {
+    match outcome {
+        Outcome::Success => {
+            debug!(branch_id = %op.branch_id, op = %op.op, duration_ms, "branch op succeeded")
+        }
+        Outcome::Failure(e) => {
+            info!(branch_id = %op.branch_id, op = %op.op, duration_ms, error = %e, "branch op answered FAILURE")
+        }
+        Outcome::Ongoing => {
+            debug!(branch_id = %op.branch_id, op = %op.op, duration_ms, "branch op ongoing")
+        }
+        Outcome::Transient(e) => {
+            info!(branch_id = %op.branch_id, op = %op.op, duration_ms, attempt = op.attempts + 1, error = %e, "branch op failed transiently; will retry")
+        }
+    }
+}
+
+fn op_update(op: &OpState) -> OpUpdate {
+    OpUpdate {
+        branch_id: op.branch_id.clone(),
+        op: op.op,
+        status: op.status,
+        attempts: op.attempts as i64,
+        next_at: op.next_at,
+        last_error: op.last_error.clone(),
+    }
+}
+
+fn working(row: GlobalRow, rows: Vec<OpRow>) -> Result<Working, DriveError> {
+    let options: StoredOptions =
+        serde_json::from_str(&row.options).map_err(|e| DriveError::Options {
+            gid: row.gid.clone(),
+            detail: e.to_string(),
+        })?;
+    let ops = rows
+        .iter()
+        .map(|r| OpState {
+            branch_id: r.branch_id.clone(),
+            op: r.op,
+            seq: r.seq as u32,
+            status: r.status,
+            attempts: r.attempts as u32,
+            next_at: r.next_at,
+            last_error: r.last_error.clone(),
+            retry_limit: r.retry_limit.map(|l| l as u32),
+        })
+        .collect();
+    Ok(Working {
+        tx: TxState {
+            trans_type: row.trans_type,
+            status: row.status,
+            created_at: row.created_at,
+            timeout_at: row.timeout_at,
+            needs_attention: row.needs_attention,
+            policy: options.policy,
+            saga_after: options.saga_after,
+        },
+        gid: row.gid,
+        version: row.version,
+        ops,
+        rows,
+        headers: options.branch_headers,
+        rollback_reason: row.rollback_reason,
+    })
+}

@@ -1,0 +1,140 @@
+//! Branch calls over HTTP with one pooled client (keep-alive connections are reused
+//! across transactions).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use dtx::{Op, TransType};
+
+use crate::engine::Outcome;
+
+/// One call to make.
+#[derive(Debug)]
+pub struct BranchCall<'a> {
+    /// Global transaction id.
+    pub gid: &'a str,
+    /// Mode.
+    pub trans_type: TransType,
+    /// Branch id.
+    pub branch_id: &'a str,
+    /// Op.
+    pub op: Op,
+    /// URL.
+    pub target: &'a str,
+    /// Body (POST when non-empty, GET when empty).
+    pub payload: &'a [u8],
+    /// Extra headers.
+    pub headers: &'a BTreeMap<String, String>,
+    /// Timeout of the whole call.
+    pub timeout: Duration,
+}
+
+/// Calls participants over HTTP.
+#[derive(Debug, Clone)]
+pub struct HttpInvoker {
+    client: reqwest::Client,
+}
+
+impl Default for HttpInvoker {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl HttpInvoker {
+    /// An invoker with a keep-alive pool per participant host.
+    pub fn new() -> Self {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(256)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new());
+        Self { client }
+    }
+
+    /// Calls one branch op and classifies the answer.
+    pub async fn call(&self, call: &BranchCall<'_>) -> Outcome {
+        let mut url = match reqwest::Url::parse(call.target) {
+            Ok(url) => url,
+            Err(e) => return Outcome::Transient(format!("bad target URL {}: {e}", call.target)),
+        };
+        url.query_pairs_mut()
+            .append_pair("gid", call.gid)
+            .append_pair("trans_type", call.trans_type.as_str())
+            .append_pair("branch_id", call.branch_id)
+            .append_pair("op", call.op.as_str());
+        let mut req = if call.payload.is_empty() {
+            self.client.get(url)
+        } else {
+            self.client
+                .post(url)
+                .header("content-type", "application/json")
+                .body(call.payload.to_vec())
+        };
+        req = req
+            .timeout(call.timeout)
+            .header("dtx-gid", call.gid)
+            .header("dtx-trans-type", call.trans_type.as_str())
+            .header("dtx-branch-id", call.branch_id)
+            .header("dtx-op", call.op.as_str());
+        for (k, v) in call.headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        match req.send().await {
+            Ok(res) => {
+                let status = res.status().as_u16();
+                let body = if (200..300).contains(&status) {
+                    String::new()
+                } else {
+                    res.text().await.unwrap_or_default()
+                };
+                classify(status, &body)
+            }
+            Err(e) if e.is_timeout() => Outcome::Transient(format!(
+                "{} timed out after {} ms",
+                call.target,
+                call.timeout.as_millis()
+            )),
+            Err(e) => Outcome::Transient(format!("{}: {}", call.target, error_chain(&e))),
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    s
+}
+
+/// DESIGN §4: 2xx SUCCESS, 409 FAILURE, 425 ONGOING, anything else transient.
+pub fn classify(status: u16, body: &str) -> Outcome {
+    let excerpt: String = body.chars().take(300).collect();
+    match status {
+        200..=299 => Outcome::Success,
+        409 => Outcome::Failure(format!("HTTP 409: {excerpt}")),
+        425 => Outcome::Ongoing,
+        _ => Outcome::Transient(format!("HTTP {status}: {excerpt}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification_is_by_status_only() {
+        assert_eq!(classify(200, "FAILURE"), Outcome::Success);
+        assert_eq!(classify(204, ""), Outcome::Success);
+        assert!(matches!(classify(409, "no stock"), Outcome::Failure(m) if m.contains("no stock")));
+        assert_eq!(classify(425, ""), Outcome::Ongoing);
+        assert!(matches!(classify(500, "SUCCESS"), Outcome::Transient(_)));
+        assert!(matches!(classify(400, ""), Outcome::Transient(_)));
+        assert!(matches!(classify(404, ""), Outcome::Transient(_)));
+    }
+}

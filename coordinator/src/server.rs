@@ -1,0 +1,178 @@
+//! Wiring: open the store, migrate, start the poller and the HTTP server, stop on a signal.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::clock::DbClock;
+use crate::config::Config;
+use crate::driver::{Driver, DriverConfig};
+use crate::service::Coordinator;
+use crate::store::{self, Lease, Store, StoreError};
+
+/// Why the coordinator could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The store could not be opened or migrated.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Opens the configured store and applies its migrations.
+pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
+    let store = store::connect(&config.database_url, config.max_connections).await?;
+    store.migrate().await?;
+    Ok(store)
+}
+
+/// Runs the coordinator until `shutdown` completes. `on_listen` is told the bound address
+/// (useful with port 0).
+pub async fn serve(
+    config: Config,
+    on_listen: impl FnOnce(SocketAddr),
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let store = open_store(&config).await?;
+    let clock = Arc::new(DbClock::new(&store).await?);
+    let owner = format!("dtx-{}-{:08x}", std::process::id(), fastrand::u32(..));
+    let driver = Arc::new(Driver::new(
+        Arc::clone(&store),
+        Arc::clone(&clock),
+        DriverConfig {
+            owner: owner.clone(),
+            lease_ms: config.lease_ms as i64,
+            inline_wait_ms: config.inline_wait_ms as i64,
+            max_inflight: config.max_inflight,
+        },
+    ));
+    let coordinator = Arc::new(Coordinator::new(
+        Arc::clone(&store),
+        Arc::clone(&driver),
+        config.clone(),
+    ));
+
+    let listener = TcpListener::bind(&config.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: config.listen.clone(),
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: config.listen.clone(),
+        source,
+    })?;
+    info!(%addr, store = store.backend(), database = %redact(&config.database_url), owner = %owner, "dtx coordinator listening");
+    on_listen(addr);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let poller = tokio::spawn(poll(
+        Arc::clone(&store),
+        Arc::clone(&driver),
+        clock,
+        config.clone(),
+        owner,
+        stop_rx,
+    ));
+    let app = crate::api::router(coordinator);
+    let graceful = async move {
+        shutdown.await;
+        info!(
+            "shutting down: no new requests, poller stopped; unfinished transactions resume after their lease"
+        );
+        let _ = stop_tx.send(true);
+    };
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(graceful)
+        .await;
+    if let Err(e) = served {
+        warn!(error = %e, "HTTP server stopped with an error");
+    }
+    let _ = poller.await;
+    Ok(())
+}
+
+/// Hides the password of a database URL in logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => match url[s + 3..at].find(':') {
+            Some(colon) => format!("{}:***{}", &url[..s + 3 + colon], &url[at..]),
+            None => url.to_owned(),
+        },
+        _ => url.to_owned(),
+    }
+}
+
+/// The recovery path: claims due transactions (retries whose time came, timeouts, work of
+/// a process that died) and drives them. Submits do not wait for it.
+async fn poll(
+    store: Arc<dyn Store>,
+    driver: Arc<Driver>,
+    clock: Arc<DbClock>,
+    config: Config,
+    owner: String,
+    mut stop: watch::Receiver<bool>,
+) {
+    let lease = Lease {
+        owner,
+        ms: config.lease_ms as i64,
+    };
+    let interval = Duration::from_millis(config.poll_interval_ms.max(10));
+    let mut last_sync = tokio::time::Instant::now();
+    let mut nap = interval;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(nap) => {}
+            _ = stop.changed() => return,
+        }
+        nap = interval;
+        if last_sync.elapsed() > Duration::from_secs(10) {
+            if let Err(e) = clock.sync(&store).await {
+                warn!(error = %e, "cannot read the database clock");
+            }
+            last_sync = tokio::time::Instant::now();
+        }
+        let room = driver.available_permits().min(config.claim_batch as usize) as i64;
+        if room == 0 {
+            continue;
+        }
+        match store.claim_due(&lease, room).await {
+            Ok(gids) => {
+                if gids.len() as i64 == room {
+                    // More may be due: look again soon rather than after a full interval.
+                    nap = Duration::from_millis(10);
+                }
+                for gid in gids {
+                    driver.spawn(gid);
+                }
+            }
+            Err(e) => warn!(error = %e, "poller cannot claim due work; retrying"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            super::redact("postgres://u:secret@h/db"),
+            "postgres://u:***@h/db"
+        );
+        assert_eq!(super::redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(super::redact("sqlite://dtx.db"), "sqlite://dtx.db");
+    }
+}

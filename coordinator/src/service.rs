@@ -1,0 +1,590 @@
+//! The operations of the coordinator, shared by the native and the DTM-compatible APIs:
+//! validation of what comes in, the store writes that accept it, and the hand-off to the
+//! driver. The APIs only translate shapes.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dtx::api::TxOptions;
+use dtx::{GlobalStatus, Op, TransType};
+use serde::{Deserialize, Serialize};
+use tracing::info;
+
+use crate::config::Config;
+use crate::driver::Driver;
+use crate::engine::Policy;
+use crate::store::{
+    Added, GlobalRow, Inserted, Lease, ListFilter, NewOp, NewTransaction, OpRow, Store, StoreError,
+};
+
+/// What is stored in a transaction's `options` column.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredOptions {
+    /// Resolved retry and timeout rules.
+    pub policy: Policy,
+    /// Headers sent with every branch call.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub branch_headers: BTreeMap<String, String>,
+    /// Saga: for each step, the steps it waits for (`None`: sequential).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saga_after: Option<Vec<Vec<usize>>>,
+    /// Opaque data of a DTM client, returned by `query`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom_data: Option<String>,
+}
+
+/// Why an operation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The request is malformed; `field` names the culprit.
+    #[error("{field}: {message}")]
+    Invalid {
+        /// The field at fault.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// No transaction with that gid.
+    #[error("no transaction with gid `{0}`")]
+    NotFound(String),
+    /// The transaction's state does not allow the operation.
+    #[error("{0}")]
+    Conflict(String),
+    /// The store is unavailable; nothing was accepted.
+    #[error("storage unavailable, nothing was accepted: {0}")]
+    Store(#[from] StoreError),
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> ServiceError {
+    ServiceError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// One saga step, as both APIs deliver it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StepSpec {
+    /// Action URL.
+    pub action: String,
+    /// Compensation URL (none: nothing to undo).
+    pub compensate: Option<String>,
+    /// Request body.
+    pub payload: Vec<u8>,
+    /// Steps this one waits for (concurrent sagas).
+    pub after: Vec<usize>,
+    /// Per-step retry limit.
+    pub retry_limit: Option<u32>,
+    /// Per-step request timeout.
+    pub request_timeout_ms: Option<u64>,
+}
+
+/// A saga to submit.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SagaSpec {
+    /// The gid (minted when absent).
+    pub gid: Option<String>,
+    /// Steps.
+    pub steps: Vec<StepSpec>,
+    /// Whether `after` lists apply (else sequential).
+    pub concurrent: bool,
+    /// Options.
+    pub options: TxOptions,
+    /// Opaque client data.
+    pub custom_data: Option<String>,
+}
+
+/// A TCC branch to register.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BranchSpec {
+    /// Branch id.
+    pub branch_id: String,
+    /// Confirm URL (empty: nothing to confirm).
+    pub confirm: String,
+    /// Cancel URL (empty: nothing to cancel).
+    pub cancel: String,
+    /// Body for confirm and cancel.
+    pub payload: Vec<u8>,
+}
+
+/// The coordinator's operations.
+pub struct Coordinator {
+    store: Arc<dyn Store>,
+    driver: Arc<Driver>,
+    config: Config,
+}
+
+impl Coordinator {
+    /// Operations over `store`, driving with `driver`.
+    pub fn new(store: Arc<dyn Store>, driver: Arc<Driver>, config: Config) -> Self {
+        Self {
+            store,
+            driver,
+            config,
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// A fresh, time-ordered gid (UUIDv7).
+    pub fn new_gid(&self) -> String {
+        uuid::Uuid::now_v7().to_string()
+    }
+
+    fn lease(&self) -> Lease {
+        Lease {
+            owner: self.driver.owner().to_owned(),
+            ms: self.driver.lease_ms(),
+        }
+    }
+
+    fn gid_or_new(&self, gid: Option<String>) -> Result<String, ServiceError> {
+        match gid {
+            Some(g) if !g.is_empty() => {
+                dtx::validate_gid(&g).map_err(|m| invalid("gid", m))?;
+                Ok(g)
+            }
+            _ => Ok(self.new_gid()),
+        }
+    }
+
+    fn stored_options(
+        &self,
+        o: &TxOptions,
+        saga_after: Option<Vec<Vec<usize>>>,
+        custom_data: Option<String>,
+    ) -> Result<String, ServiceError> {
+        validate_options(o)?;
+        let stored = StoredOptions {
+            policy: self.config.defaults.policy(o),
+            branch_headers: o.branch_headers.clone(),
+            saga_after,
+            custom_data,
+        };
+        serde_json::to_string(&stored).map_err(|e| invalid("options", e.to_string()))
+    }
+
+    /// Submits a saga: stored durably, then driven at once by this process.
+    pub async fn submit_saga(
+        &self,
+        spec: SagaSpec,
+    ) -> Result<(String, GlobalStatus), ServiceError> {
+        let gid = self.gid_or_new(spec.gid)?;
+        let n = spec.steps.len();
+        if n == 0 {
+            return Err(invalid("steps", "a saga needs at least one step"));
+        }
+        if n > self.config.max_branches {
+            return Err(invalid(
+                "steps",
+                format!(
+                    "{n} steps; at most {} are allowed",
+                    self.config.max_branches
+                ),
+            ));
+        }
+        let mut ops = Vec::with_capacity(2 * n);
+        for (i, step) in spec.steps.iter().enumerate() {
+            let branch_id = format!("{:02}", i + 1);
+            validate_url(&format!("steps[{i}].action"), &step.action)?;
+            let common = |op: Op, target: &str| NewOp {
+                branch_id: branch_id.clone(),
+                op,
+                seq: i as i64,
+                target: target.to_owned(),
+                payload: step.payload.clone(),
+                retry_limit: step.retry_limit.map(i64::from),
+                request_timeout_ms: step.request_timeout_ms.map(|t| t as i64),
+            };
+            ops.push(common(Op::Action, &step.action));
+            if let Some(c) = step.compensate.as_deref().filter(|c| !c.is_empty()) {
+                validate_url(&format!("steps[{i}].compensate"), c)?;
+                ops.push(common(Op::Compensate, c));
+            }
+            if let Some(t) = step.request_timeout_ms {
+                validate_timeout(&format!("steps[{i}].request_timeout_ms"), t)?;
+            }
+        }
+        let saga_after = if spec.concurrent {
+            let after: Vec<Vec<usize>> = spec.steps.iter().map(|s| s.after.clone()).collect();
+            validate_dag(&after)?;
+            Some(after)
+        } else {
+            if let Some(i) = spec.steps.iter().position(|s| !s.after.is_empty()) {
+                return Err(invalid(
+                    format!("steps[{i}].after"),
+                    "dependencies need `concurrent: true`",
+                ));
+            }
+            None
+        };
+        let options = self.stored_options(&spec.options, saga_after, spec.custom_data)?;
+        let new = NewTransaction {
+            gid: gid.clone(),
+            trans_type: TransType::Saga,
+            status: GlobalStatus::Submitted,
+            options,
+            timeout_ms: spec.options.timeout_to_fail_ms.map(|t| t as i64),
+            first_look_ms: 0,
+            lease: Some(self.lease()),
+            ops,
+        };
+        match self.store.insert(&new).await? {
+            Inserted::Created { .. } => {
+                info!(gid = %gid, steps = n, "saga submitted");
+                self.driver.spawn(gid.clone());
+                Ok((gid, GlobalStatus::Submitted))
+            }
+            Inserted::Exists(row) if row.trans_type == TransType::Saga => Ok((gid, row.status)),
+            Inserted::Exists(row) => Err(ServiceError::Conflict(format!(
+                "gid `{gid}` is already used by a {} transaction",
+                row.trans_type
+            ))),
+        }
+    }
+
+    /// Prepares a TCC transaction; it is aborted if not submitted within its timeout.
+    pub async fn prepare(
+        &self,
+        gid: Option<String>,
+        trans_type: TransType,
+        o: &TxOptions,
+        custom_data: Option<String>,
+    ) -> Result<(String, GlobalStatus), ServiceError> {
+        if trans_type != TransType::Tcc {
+            return Err(invalid(
+                "trans_type",
+                format!(
+                    "prepare is for tcc transactions (got {trans_type}); submit a saga directly"
+                ),
+            ));
+        }
+        let gid = self.gid_or_new(gid)?;
+        let timeout = o
+            .timeout_to_fail_ms
+            .unwrap_or(self.config.defaults.tcc_timeout_to_fail_ms) as i64;
+        let new = NewTransaction {
+            gid: gid.clone(),
+            trans_type,
+            status: GlobalStatus::Prepared,
+            options: self.stored_options(o, None, custom_data)?,
+            timeout_ms: Some(timeout),
+            // Nothing to drive until the timeout: the poller looks then.
+            first_look_ms: timeout,
+            lease: None,
+            ops: Vec::new(),
+        };
+        match self.store.insert(&new).await? {
+            Inserted::Created { .. } => {
+                info!(gid = %gid, %trans_type, timeout_ms = timeout, "prepared");
+                Ok((gid, GlobalStatus::Prepared))
+            }
+            Inserted::Exists(row)
+                if row.trans_type == trans_type && row.status == GlobalStatus::Prepared =>
+            {
+                Ok((gid, row.status))
+            }
+            Inserted::Exists(row) => Err(ServiceError::Conflict(format!(
+                "gid `{gid}` exists already as a {} transaction that is {}",
+                row.trans_type, row.status
+            ))),
+        }
+    }
+
+    /// Registers a TCC branch; refused once the transaction has left `prepared`.
+    pub async fn register_branch(&self, gid: &str, b: BranchSpec) -> Result<(), ServiceError> {
+        dtx::validate_gid(gid).map_err(|m| invalid("gid", m))?;
+        dtx::validate_branch_id(&b.branch_id).map_err(|m| invalid("branch_id", m))?;
+        let mut ops = Vec::new();
+        for (op, field, url) in [
+            (Op::Confirm, "confirm", &b.confirm),
+            (Op::Cancel, "cancel", &b.cancel),
+        ] {
+            if url.is_empty() {
+                continue;
+            }
+            validate_url(field, url)?;
+            ops.push(NewOp {
+                branch_id: b.branch_id.clone(),
+                op,
+                seq: 0,
+                target: url.clone(),
+                payload: b.payload.clone(),
+                retry_limit: None,
+                request_timeout_ms: None,
+            });
+        }
+        let count = self
+            .store
+            .load(gid)
+            .await?
+            .map(|(_, ops)| ops.len())
+            .unwrap_or(0);
+        if count + ops.len() > 2 * self.config.max_branches {
+            return Err(invalid(
+                "branch_id",
+                format!(
+                    "at most {} branches per transaction",
+                    self.config.max_branches
+                ),
+            ));
+        }
+        match self.store.add_ops(gid, &ops).await? {
+            Added::Added(_) => Ok(()),
+            Added::NotFound => Err(ServiceError::NotFound(gid.to_owned())),
+            Added::NotPrepared(status) => Err(ServiceError::Conflict(format!(
+                "transaction `{gid}` is {status}; branches can be registered only while it is prepared"
+            ))),
+        }
+    }
+
+    /// Submits a prepared transaction (phase 2 commit); idempotent.
+    pub async fn submit(&self, gid: &str) -> Result<GlobalStatus, ServiceError> {
+        self.finish(gid, GlobalStatus::Submitted, None).await
+    }
+
+    /// Aborts a prepared transaction (phase 2 rollback); idempotent.
+    pub async fn abort(
+        &self,
+        gid: &str,
+        reason: Option<String>,
+    ) -> Result<GlobalStatus, ServiceError> {
+        let reason = reason.unwrap_or_else(|| "aborted by the initiator".into());
+        self.finish(gid, GlobalStatus::Aborting, Some(reason)).await
+    }
+
+    async fn finish(
+        &self,
+        gid: &str,
+        to: GlobalStatus,
+        reason: Option<String>,
+    ) -> Result<GlobalStatus, ServiceError> {
+        dtx::validate_gid(gid).map_err(|m| invalid("gid", m))?;
+        for _ in 0..3 {
+            let Some((row, _)) = self.store.load(gid).await? else {
+                return Err(ServiceError::NotFound(gid.to_owned()));
+            };
+            let verb = if to == GlobalStatus::Submitted {
+                "submit"
+            } else {
+                "abort"
+            };
+            match (row.trans_type, row.status, to) {
+                (TransType::Tcc, GlobalStatus::Prepared, _) => {
+                    if let Some(_version) = self
+                        .store
+                        .transition(
+                            gid,
+                            GlobalStatus::Prepared,
+                            to,
+                            &self.lease(),
+                            reason.as_deref(),
+                        )
+                        .await?
+                    {
+                        info!(gid, to = %to, "{verb} accepted");
+                        self.driver.spawn(gid.to_owned());
+                        return Ok(to);
+                    }
+                    // Moved under us (timeout or a concurrent call): decide on fresh state.
+                }
+                (
+                    TransType::Tcc,
+                    GlobalStatus::Submitted | GlobalStatus::Succeeded,
+                    GlobalStatus::Submitted,
+                )
+                | (
+                    TransType::Tcc,
+                    GlobalStatus::Aborting | GlobalStatus::Failed,
+                    GlobalStatus::Aborting,
+                ) => return Ok(row.status),
+                (TransType::Saga, status, GlobalStatus::Submitted) => return Ok(status),
+                (TransType::Saga, _, _) => {
+                    return Err(ServiceError::Conflict(format!(
+                        "transaction `{gid}` is a saga: it rolls back by itself when a step fails or its timeout passes"
+                    )));
+                }
+                (_, status, _) => {
+                    return Err(ServiceError::Conflict(format!(
+                        "cannot {verb} transaction `{gid}`: it is {status}"
+                    )));
+                }
+            }
+        }
+        Err(ServiceError::Conflict(format!(
+            "transaction `{gid}` is changing concurrently; try again"
+        )))
+    }
+
+    /// Waits until `gid` is final or the configured wait passes; returns its status then.
+    pub async fn wait_final(&self, gid: &str) -> Result<GlobalStatus, ServiceError> {
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(self.config.wait_result_timeout_ms);
+        let mut rx = self.driver.waiters.subscribe(gid);
+        let result = loop {
+            let status = match self.store.load(gid).await? {
+                Some((row, _)) => row.status,
+                None => break Err(ServiceError::NotFound(gid.to_owned())),
+            };
+            if status.is_final() || tokio::time::Instant::now() >= deadline {
+                break Ok(status);
+            }
+            // Notified at once when this process finishes it; polled when another does.
+            let nap = tokio::time::sleep(Duration::from_millis(250));
+            tokio::select! {
+                got = &mut rx => if let Ok(s) = got { break Ok(s) } else { rx = self.driver.waiters.subscribe(gid) },
+                _ = nap => {}
+            }
+        };
+        drop(rx);
+        self.driver.waiters.prune(gid);
+        result
+    }
+
+    /// A transaction with its branch ops.
+    pub async fn query(&self, gid: &str) -> Result<(GlobalRow, Vec<OpRow>), ServiceError> {
+        dtx::validate_gid(gid).map_err(|m| invalid("gid", m))?;
+        self.store
+            .load(gid)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(gid.to_owned()))
+    }
+
+    /// A page of transactions, newest first.
+    pub async fn list(&self, filter: &ListFilter) -> Result<Vec<GlobalRow>, ServiceError> {
+        Ok(self.store.list(filter).await?)
+    }
+}
+
+const MAX_TIMEOUT_MS: u64 = 10 * 60 * 1000;
+
+fn validate_timeout(field: &str, ms: u64) -> Result<(), ServiceError> {
+    if ms == 0 || ms > MAX_TIMEOUT_MS {
+        return Err(invalid(
+            field,
+            format!("must be between 1 and {MAX_TIMEOUT_MS} ms"),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_options(o: &TxOptions) -> Result<(), ServiceError> {
+    if let Some(t) = o.request_timeout_ms {
+        validate_timeout("options.request_timeout_ms", t)?;
+    }
+    if o.retry_interval_ms == Some(0) {
+        return Err(invalid(
+            "options.retry_interval_ms",
+            "must be at least 1 ms",
+        ));
+    }
+    if o.retry_limit == Some(0) {
+        return Err(invalid("options.retry_limit", "must be at least 1"));
+    }
+    if o.timeout_to_fail_ms == Some(0) {
+        return Err(invalid(
+            "options.timeout_to_fail_ms",
+            "must be at least 1 ms",
+        ));
+    }
+    if o.branch_headers.len() > 32 {
+        return Err(invalid("options.branch_headers", "at most 32 headers"));
+    }
+    for (k, v) in &o.branch_headers {
+        if reqwest::header::HeaderName::from_bytes(k.as_bytes()).is_err() {
+            return Err(invalid(
+                "options.branch_headers",
+                format!("`{k}` is not a valid header name"),
+            ));
+        }
+        if reqwest::header::HeaderValue::from_str(v).is_err() {
+            return Err(invalid(
+                "options.branch_headers",
+                format!("the value of `{k}` is not a valid header value"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Targets must be absolute http(s) URLs.
+fn validate_url(field: &str, url: &str) -> Result<(), ServiceError> {
+    if url.len() > 2048 {
+        return Err(invalid(field, "URL longer than 2048 bytes"));
+    }
+    match reqwest::Url::parse(url) {
+        Ok(u) if u.scheme() == "http" && u.host().is_some() => Ok(()),
+        Ok(u) if u.scheme() == "https" => Err(invalid(
+            field,
+            "https targets are not supported by this build yet; use http (e.g. behind a local proxy)",
+        )),
+        Ok(u) => Err(invalid(
+            field,
+            format!("unsupported scheme `{}`; use http://", u.scheme()),
+        )),
+        Err(e) => Err(invalid(field, format!("`{url}` is not a URL: {e}"))),
+    }
+}
+
+/// Dependencies must name other steps and form no cycle.
+fn validate_dag(after: &[Vec<usize>]) -> Result<(), ServiceError> {
+    let n = after.len();
+    for (i, deps) in after.iter().enumerate() {
+        if let Some(&d) = deps.iter().find(|&&d| d >= n || d == i) {
+            return Err(invalid(
+                format!("steps[{i}].after"),
+                format!("{d} is not another step (0..{n})"),
+            ));
+        }
+    }
+    // Kahn's algorithm: a cycle leaves steps that never become ready.
+    let mut indegree: Vec<usize> = after.iter().map(Vec::len).collect();
+    let mut ready: Vec<usize> = (0..n).filter(|&i| indegree[i] == 0).collect();
+    let mut seen = 0;
+    while let Some(s) = ready.pop() {
+        seen += 1;
+        for (t, deps) in after.iter().enumerate() {
+            for _ in deps.iter().filter(|&&d| d == s) {
+                indegree[t] -= 1;
+                if indegree[t] == 0 {
+                    ready.push(t);
+                }
+            }
+        }
+    }
+    if seen < n {
+        return Err(invalid("steps", "the `after` dependencies form a cycle"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dag_validation() {
+        assert!(validate_dag(&[vec![], vec![0], vec![0, 1]]).is_ok());
+        assert!(validate_dag(&[vec![1], vec![0]]).is_err());
+        assert!(validate_dag(&[vec![0]]).is_err());
+        assert!(validate_dag(&[vec![], vec![5]]).is_err());
+        assert!(validate_dag(&[vec![], vec![0, 0]]).is_ok());
+    }
+
+    #[test]
+    fn url_validation() {
+        assert!(validate_url("f", "http://127.0.0.1:8080/a?x=1").is_ok());
+        assert!(validate_url("f", "ftp://x/").is_err());
+        assert!(validate_url("f", "not a url").is_err());
+        assert!(validate_url("f", "https://x/").is_err());
+    }
+}

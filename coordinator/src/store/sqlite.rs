@@ -1,0 +1,61 @@
+//! SQLite: the embedded default. One file, one coordinator process.
+//!
+//! SQLite allows one writer at a time, so writes go through a pool of a single connection
+//! (transactions start with `BEGIN IMMEDIATE`, never upgrading a read lock) while reads use
+//! their own pool. WAL mode with `synchronous = FULL`: a commit is on disk when it returns.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+use super::{Context, StoreError};
+
+/// A store in an SQLite file.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    write: SqlitePool,
+    read: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database at `url` (`sqlite://PATH` or `sqlite::memory:`).
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)
+            .ctx("parse the SQLite URL")?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(false);
+        let write = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await
+            .ctx("open the SQLite database")?;
+        let read = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options.read_only(false))
+            .await
+            .ctx("open the SQLite database for reading")?;
+        Ok(Self { write, read })
+    }
+}
+
+super::sql::sql_store! {
+    store: SqliteStore,
+    db: sqlx::Sqlite,
+    backend: "sqlite",
+    now: "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
+    begin: "BEGIN IMMEDIATE",
+    claim: "UPDATE dtx_global SET lease_owner = $1, \
+            lease_until = CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER) + $2, version = version + 1 \
+            WHERE gid IN (SELECT gid FROM dtx_global \
+                WHERE next_attempt_at <= CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER) \
+                AND (lease_until IS NULL OR lease_until < CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)) \
+                ORDER BY next_attempt_at LIMIT $3) \
+            RETURNING gid",
+    migrations: super::sql::migrations(&[(1, "coordinator", include_str!("../../../migrations/sqlite/0001_coordinator.sql"))]),
+}
