@@ -272,7 +272,8 @@ impl Driver {
         }
     }
 
-    /// The lease to take on a write: long enough for the slowest call plus a margin.
+    /// The lease to take on a write: it must outlast what may come before the next write
+    /// (the slowest call, or an inline sleep), plus a margin.
     fn lease_for(&self, w: &Working) -> i64 {
         let slowest = w
             .rows

@@ -1,1 +1,36 @@
+//! # dtx-tests — the black-box harness
+//!
+//! Real parts only: a real coordinator *process* ([`CoordinatorProc`], killable with
+//! SIGKILL), real databases ([`Backend`]: a fresh SQLite file or a fresh PostgreSQL
+//! database per test), and real HTTP participants on loopback ([`Participant`]) that count
+//! their calls and fail on demand.
+//!
+//! Services are found through environment variables; a test that needs one that is absent
+//! fails with a message saying how to provide it (`./scripts/test` provides all).
 
+pub mod backend;
+pub mod coordinator;
+pub mod participant;
+
+pub use backend::{Backend, Database};
+pub use coordinator::CoordinatorProc;
+pub use participant::{Behaviour, Participant, Recorded};
+
+use std::future::Future;
+use std::time::Duration;
+
+/// Polls `check` every 50 ms until it returns `Some`, or panics after `timeout` with `what`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

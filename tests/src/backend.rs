@@ -1,0 +1,104 @@
+//! Fresh databases for the coordinator under test.
+
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sqlx::Connection;
+
+/// A coordinator storage backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// An SQLite file in a temporary directory.
+    Sqlite,
+    /// A new database on the server named by `DTX_TEST_POSTGRES_URL`.
+    Postgres,
+}
+
+/// A database made for one test. SQLite files are deleted on drop; PostgreSQL databases
+/// are dropped by a later run (see [`Backend::fresh`]).
+#[derive(Debug)]
+pub struct Database {
+    /// URL to give the coordinator.
+    pub url: String,
+    dir: Option<PathBuf>,
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// `DTX_TEST_POSTGRES_URL`, or a panic that says how to provide it.
+pub fn postgres_url() -> String {
+    std::env::var("DTX_TEST_POSTGRES_URL").unwrap_or_else(|_| {
+        panic!(
+            "DTX_TEST_POSTGRES_URL is not set. Run the suite with ./scripts/test (it starts \
+             PostgreSQL and sets it), or export DTX_TEST_POSTGRES_URL=postgres://USER@HOST:5432/postgres \
+             pointing at a server where USER may CREATE DATABASE."
+        )
+    })
+}
+
+fn unique(prefix: &str) -> String {
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    format!("{prefix}_{secs}_{:08x}", fastrand_u32())
+}
+
+fn fastrand_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    h.finish() as u32
+}
+
+impl Backend {
+    /// Both backends, for parametrised scenarios.
+    pub const ALL: [Backend; 2] = [Backend::Sqlite, Backend::Postgres];
+
+    /// A new, empty database.
+    pub async fn fresh(self) -> Database {
+        match self {
+            Backend::Sqlite => {
+                let dir = std::env::temp_dir().join(unique("dtx-test"));
+                std::fs::create_dir_all(&dir).expect("create a temporary directory");
+                Database { url: format!("sqlite://{}", dir.join("dtx.db").display()), dir: Some(dir) }
+            }
+            Backend::Postgres => {
+                let admin_url = postgres_url();
+                let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap_or_else(|e| {
+                    panic!("cannot connect to DTX_TEST_POSTGRES_URL={admin_url}: {e}. Is PostgreSQL running? ./scripts/test starts it.")
+                });
+                drop_stale_databases(&mut admin).await;
+                let name = unique("dtx_t");
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .execute(&mut admin)
+                    .await
+                    .expect("CREATE DATABASE");
+                let base = admin_url.rsplit_once('/').map_or(admin_url.as_str(), |(b, _)| b);
+                Database { url: format!("{base}/{name}"), dir: None }
+            }
+        }
+    }
+}
+
+/// Drops test databases made more than an hour ago (their tests are long over).
+async fn drop_stale_databases(admin: &mut sqlx::PgConnection) {
+    let Ok(names) = sqlx::query_scalar::<_, String>("SELECT datname FROM pg_database WHERE datname LIKE 'dtx\\_t\\_%'")
+        .fetch_all(&mut *admin)
+        .await
+    else {
+        return;
+    };
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    for name in names {
+        let made: u64 = name.split('_').nth(2).and_then(|s| s.parse().ok()).unwrap_or(now);
+        if now.saturating_sub(made) > 3600 {
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+                .execute(&mut *admin)
+                .await;
+        }
+    }
+}
