@@ -43,14 +43,20 @@ pub fn postgres_url() -> String {
 }
 
 fn unique(prefix: &str) -> String {
-    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     format!("{prefix}_{secs}_{:08x}", fastrand_u32())
 }
 
 fn fastrand_u32() -> u32 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    h.write_u128(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
     h.finish() as u32
 }
 
@@ -64,7 +70,10 @@ impl Backend {
             Backend::Sqlite => {
                 let dir = std::env::temp_dir().join(unique("dtx-test"));
                 std::fs::create_dir_all(&dir).expect("create a temporary directory");
-                Database { url: format!("sqlite://{}", dir.join("dtx.db").display()), dir: Some(dir) }
+                Database {
+                    url: format!("sqlite://{}", dir.join("dtx.db").display()),
+                    dir: Some(dir),
+                }
             }
             Backend::Postgres => {
                 let admin_url = postgres_url();
@@ -77,8 +86,13 @@ impl Backend {
                     .execute(&mut admin)
                     .await
                     .expect("CREATE DATABASE");
-                let base = admin_url.rsplit_once('/').map_or(admin_url.as_str(), |(b, _)| b);
-                Database { url: format!("{base}/{name}"), dir: None }
+                let base = admin_url
+                    .rsplit_once('/')
+                    .map_or(admin_url.as_str(), |(b, _)| b);
+                Database {
+                    url: format!("{base}/{name}"),
+                    dir: None,
+                }
             }
         }
     }
@@ -86,19 +100,29 @@ impl Backend {
 
 /// Drops test databases made more than an hour ago (their tests are long over).
 async fn drop_stale_databases(admin: &mut sqlx::PgConnection) {
-    let Ok(names) = sqlx::query_scalar::<_, String>("SELECT datname FROM pg_database WHERE datname LIKE 'dtx\\_t\\_%'")
-        .fetch_all(&mut *admin)
-        .await
+    let Ok(names) = sqlx::query_scalar::<_, String>(
+        "SELECT datname FROM pg_database WHERE datname LIKE 'dtx\\_t\\_%'",
+    )
+    .fetch_all(&mut *admin)
+    .await
     else {
         return;
     };
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     for name in names {
-        let made: u64 = name.split('_').nth(2).and_then(|s| s.parse().ok()).unwrap_or(now);
+        let made: u64 = name
+            .split('_')
+            .nth(2)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(now);
         if now.saturating_sub(made) > 3600 {
-            let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
-                .execute(&mut *admin)
-                .await;
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+            )))
+            .execute(&mut *admin)
+            .await;
         }
     }
 }

@@ -45,7 +45,10 @@ impl CoordinatorProc {
             url: String::new(),
             child: None,
             database_url: database_url.to_owned(),
-            env: env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         };
         me.spawn().await;
         me
@@ -57,7 +60,10 @@ impl CoordinatorProc {
             .env("DTX_DATABASE_URL", &self.database_url)
             .env("DTX_LISTEN", "127.0.0.1:0")
             .env("DTX_POLL_INTERVAL_MS", "100")
-            .env("DTX_LOG", std::env::var("DTX_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "DTX_LOG",
+                std::env::var("DTX_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         for (k, v) in &self.env {
@@ -86,7 +92,9 @@ impl CoordinatorProc {
         let url = line
             .trim()
             .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("coordinator failed to start (first line: {line:?}); see its log above"))
+            .unwrap_or_else(|| {
+                panic!("coordinator failed to start (first line: {line:?}); see its log above")
+            })
             .to_owned();
         self.url = url;
         self.child = Some(child);

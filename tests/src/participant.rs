@@ -81,8 +81,12 @@ impl Participant {
     /// Starts a participant; every path answers 200 until told otherwise.
     pub async fn start() -> Self {
         let inner = Arc::new(Mutex::new(Inner::default()));
-        let app = Router::new().route("/{*path}", any(handle)).with_state(Arc::clone(&inner));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind participant");
+        let app = Router::new()
+            .route("/{*path}", any(handle))
+            .with_state(Arc::clone(&inner));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind participant");
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -97,7 +101,11 @@ impl Participant {
 
     /// Sets how `path` answers from now on.
     pub fn set(&self, path: &str, behaviour: Behaviour) {
-        self.inner.lock().unwrap().behaviour.insert(path.to_owned(), (behaviour, 0));
+        self.inner
+            .lock()
+            .unwrap()
+            .behaviour
+            .insert(path.to_owned(), (behaviour, 0));
     }
 
     /// Every call so far.
@@ -107,7 +115,10 @@ impl Participant {
 
     /// Calls of `path` for `gid`.
     pub fn calls_to(&self, path: &str, gid: &str) -> Vec<Recorded> {
-        self.calls().into_iter().filter(|c| c.path == path && c.gid == gid).collect()
+        self.calls()
+            .into_iter()
+            .filter(|c| c.path == path && c.gid == gid)
+            .collect()
     }
 
     /// How many calls `path` received for `gid`.
@@ -117,7 +128,11 @@ impl Participant {
 
     /// The paths called for `gid`, in arrival order.
     pub fn sequence(&self, gid: &str) -> Vec<String> {
-        self.calls().into_iter().filter(|c| c.gid == gid).map(|c| c.path).collect()
+        self.calls()
+            .into_iter()
+            .filter(|c| c.gid == gid)
+            .map(|c| c.path)
+            .collect()
     }
 }
 
@@ -134,7 +149,10 @@ async fn handle(
     // Recorded on arrival: a call whose caller times out still counts.
     let (behaviour, n, index) = {
         let mut g = inner.lock().unwrap();
-        let entry = g.behaviour.entry(path.clone()).or_insert((Behaviour::Ok, 0));
+        let entry = g
+            .behaviour
+            .entry(path.clone())
+            .or_insert((Behaviour::Ok, 0));
         entry.1 += 1;
         let (behaviour, n) = (entry.0.clone(), entry.1);
         g.calls.push(Recorded {
@@ -144,7 +162,10 @@ async fn handle(
             branch_id: get("branch_id"),
             op: get("op"),
             trans_type: get("trans_type"),
-            header_gid: headers.get("dtx-gid").and_then(|v| v.to_str().ok()).map(str::to_owned),
+            header_gid: headers
+                .get("dtx-gid")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
             body: body.to_vec(),
             started,
             finished: None,
@@ -180,6 +201,10 @@ async fn handle(
         call.status = status;
     }
     let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let text = if code.is_success() { "{\"dtm_result\":\"SUCCESS\"}" } else { "{\"dtm_result\":\"FAILURE\"}" };
+    let text = if code.is_success() {
+        "{\"dtm_result\":\"SUCCESS\"}"
+    } else {
+        "{\"dtm_result\":\"FAILURE\"}"
+    };
     (code, text)
 }

@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use dtx::api::{Finish, PrepareTcc, RegisterBranch, SagaStep, SubmitSaga, TransactionView, TxOptions};
+use dtx::api::{
+    Finish, PrepareTcc, RegisterBranch, SagaStep, SubmitSaga, TransactionView, TxOptions,
+};
 use dtx::{GlobalStatus, OpStatus};
 use dtx_tests::{Backend, Behaviour, CoordinatorProc, Database, Participant, eventually};
 use serde_json::json;
@@ -23,7 +25,12 @@ async fn world(backend: Backend, env: &[(&str, &str)]) -> World {
 
 /// Fast retries so that scenarios finish in seconds.
 fn quick() -> TxOptions {
-    TxOptions { retry_interval_ms: Some(50), retry_cap_ms: Some(200), request_timeout_ms: Some(2_000), ..Default::default() }
+    TxOptions {
+        retry_interval_ms: Some(50),
+        retry_cap_ms: Some(200),
+        request_timeout_ms: Some(2_000),
+        ..Default::default()
+    }
 }
 
 fn step(w: &World, name: &str) -> SagaStep {
@@ -37,10 +44,14 @@ fn step(w: &World, name: &str) -> SagaStep {
 
 async fn final_state(w: &World, gid: &str) -> TransactionView {
     let client = w.coord.client();
-    eventually(Duration::from_secs(30), &format!("{gid} to reach a final state"), || {
-        let client = client.clone();
-        async move { client.query(gid).await.ok().filter(|t| t.status.is_final()) }
-    })
+    eventually(
+        Duration::from_secs(30),
+        &format!("{gid} to reach a final state"),
+        || {
+            let client = client.clone();
+            async move { client.query(gid).await.ok().filter(|t| t.status.is_final()) }
+        },
+    )
     .await
 }
 
@@ -53,24 +64,55 @@ async fn saga_success(backend: Backend) {
         ..Default::default()
     };
     let accepted = w.coord.client().submit_saga(&saga).await.unwrap();
-    assert_eq!(accepted.status, GlobalStatus::Succeeded, "wait_result returns the final status");
+    assert_eq!(
+        accepted.status,
+        GlobalStatus::Succeeded,
+        "wait_result returns the final status"
+    );
     let gid = &accepted.gid;
     assert_eq!(w.p.sequence(gid), ["order/action", "stock/action"]);
     let call = &w.p.calls_to("order/action", gid)[0];
-    assert_eq!((call.method.as_str(), call.op.as_str(), call.branch_id.as_str()), ("POST", "action", "01"));
-    assert_eq!((call.trans_type.as_str(), call.header_gid.as_deref()), ("saga", Some(gid.as_str())));
-    assert_eq!(serde_json::from_slice::<serde_json::Value>(&call.body).unwrap(), json!({"step": "order"}));
+    assert_eq!(
+        (
+            call.method.as_str(),
+            call.op.as_str(),
+            call.branch_id.as_str()
+        ),
+        ("POST", "action", "01")
+    );
+    assert_eq!(
+        (call.trans_type.as_str(), call.header_gid.as_deref()),
+        ("saga", Some(gid.as_str()))
+    );
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&call.body).unwrap(),
+        json!({"step": "order"})
+    );
     let tx = w.coord.client().query(gid).await.unwrap();
     assert!(tx.finished_at.is_some());
-    let actions: Vec<_> = tx.branches.iter().filter(|b| b.op == dtx::Op::Action).collect();
-    assert!(actions.iter().all(|b| b.status == OpStatus::Succeeded && b.attempts == 1), "{actions:?}");
+    let actions: Vec<_> = tx
+        .branches
+        .iter()
+        .filter(|b| b.op == dtx::Op::Action)
+        .collect();
+    assert!(
+        actions
+            .iter()
+            .all(|b| b.status == OpStatus::Succeeded && b.attempts == 1),
+        "{actions:?}"
+    );
 }
 
 async fn saga_failure_compensates_in_reverse(backend: Backend) {
     let w = world(backend, &[]).await;
     w.p.set("pay/action", Behaviour::Status(409));
     let saga = SubmitSaga {
-        steps: vec![step(&w, "order"), step(&w, "stock"), step(&w, "pay"), step(&w, "ship")],
+        steps: vec![
+            step(&w, "order"),
+            step(&w, "stock"),
+            step(&w, "pay"),
+            step(&w, "ship"),
+        ],
         options: quick(),
         ..Default::default()
     };
@@ -79,27 +121,59 @@ async fn saga_failure_compensates_in_reverse(backend: Backend) {
     assert_eq!(tx.status, GlobalStatus::Failed);
     assert_eq!(
         w.p.sequence(&gid),
-        ["order/action", "stock/action", "pay/action", "pay/compensate", "stock/compensate", "order/compensate"],
+        [
+            "order/action",
+            "stock/action",
+            "pay/action",
+            "pay/compensate",
+            "stock/compensate",
+            "order/compensate"
+        ],
         "the failed step is compensated too, in reverse, and the step after it never runs"
     );
     assert_eq!(w.p.count("ship/action", &gid), 0);
-    assert!(tx.rollback_reason.as_deref().unwrap_or("").contains("branch 03 action answered FAILURE"), "{tx:?}");
+    assert!(
+        tx.rollback_reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("branch 03 action answered FAILURE"),
+        "{tx:?}"
+    );
 }
 
 async fn transient_errors_and_timeouts_are_retried(backend: Backend) {
     let w = world(backend, &[]).await;
-    w.p.set("order/action", Behaviour::FailTimes { times: 2, status: 503 });
+    w.p.set(
+        "order/action",
+        Behaviour::FailTimes {
+            times: 2,
+            status: 503,
+        },
+    );
     // Slower than the request timeout once: the coordinator gives up and calls again.
-    w.p.set("stock/action", Behaviour::SlowTimes { times: 1, ms: 1_500 });
+    w.p.set(
+        "stock/action",
+        Behaviour::SlowTimes {
+            times: 1,
+            ms: 1_500,
+        },
+    );
     let mut options = quick();
     options.request_timeout_ms = Some(500);
-    let saga = SubmitSaga { steps: vec![step(&w, "order"), step(&w, "stock")], options, ..Default::default() };
+    let saga = SubmitSaga {
+        steps: vec![step(&w, "order"), step(&w, "stock")],
+        options,
+        ..Default::default()
+    };
     let gid = w.coord.client().submit_saga(&saga).await.unwrap().gid;
     let tx = final_state(&w, &gid).await;
     assert_eq!(tx.status, GlobalStatus::Succeeded);
     assert_eq!(w.p.count("order/action", &gid), 3);
     assert_eq!(w.p.count("stock/action", &gid), 2);
-    assert_eq!(w.p.count("order/compensate", &gid) + w.p.count("stock/compensate", &gid), 0);
+    assert_eq!(
+        w.p.count("order/compensate", &gid) + w.p.count("stock/compensate", &gid),
+        0
+    );
 }
 
 async fn concurrent_saga_respects_dependencies(backend: Backend) {
@@ -110,13 +184,30 @@ async fn concurrent_saga_respects_dependencies(backend: Backend) {
     let mut steps = vec![step(&w, "a"), step(&w, "b"), step(&w, "c"), step(&w, "d")];
     steps[2].after = vec![0, 1];
     steps[3].after = vec![2];
-    let saga = SubmitSaga { steps, concurrent: true, options: quick(), wait_result: true, ..Default::default() };
+    let saga = SubmitSaga {
+        steps,
+        concurrent: true,
+        options: quick(),
+        wait_result: true,
+        ..Default::default()
+    };
     let accepted = w.coord.client().submit_saga(&saga).await.unwrap();
     assert_eq!(accepted.status, GlobalStatus::Succeeded);
     let one = |p: &str| w.p.calls_to(p, &accepted.gid).remove(0);
-    let (a, b, c, d) = (one("a/action"), one("b/action"), one("c/action"), one("d/action"));
-    assert!(b.started < a.finished.unwrap() && a.started < b.finished.unwrap(), "a and b ran together");
-    assert!(c.started >= a.finished.unwrap() && c.started >= b.finished.unwrap(), "c waited for a and b");
+    let (a, b, c, d) = (
+        one("a/action"),
+        one("b/action"),
+        one("c/action"),
+        one("d/action"),
+    );
+    assert!(
+        b.started < a.finished.unwrap() && a.started < b.finished.unwrap(),
+        "a and b ran together"
+    );
+    assert!(
+        c.started >= a.finished.unwrap() && c.started >= b.finished.unwrap(),
+        "c waited for a and b"
+    );
     assert!(d.started >= c.finished.unwrap(), "d waited for c");
 }
 
@@ -126,12 +217,25 @@ async fn concurrent_saga_compensates_in_reverse_dependency_order(backend: Backen
     let mut steps = vec![step(&w, "a"), step(&w, "b"), step(&w, "c"), step(&w, "d")];
     steps[2].after = vec![0];
     steps[3].after = vec![2];
-    let saga = SubmitSaga { steps, concurrent: true, options: quick(), ..Default::default() };
+    let saga = SubmitSaga {
+        steps,
+        concurrent: true,
+        options: quick(),
+        ..Default::default()
+    };
     let gid = w.coord.client().submit_saga(&saga).await.unwrap().gid;
     assert_eq!(final_state(&w, &gid).await.status, GlobalStatus::Failed);
-    let at = |p: &str| w.p.calls_to(p, &gid).first().map(|c| c.started).unwrap_or_else(|| panic!("{p} not called"));
+    let at = |p: &str| {
+        w.p.calls_to(p, &gid)
+            .first()
+            .map(|c| c.started)
+            .unwrap_or_else(|| panic!("{p} not called"))
+    };
     assert!(at("d/compensate") < at("c/compensate"));
-    assert!(at("c/compensate") < at("a/compensate"), "a is undone only after c, which waited for it");
+    assert!(
+        at("c/compensate") < at("a/compensate"),
+        "a is undone only after c, which waited for it"
+    );
     assert_eq!(w.p.count("b/compensate", &gid), 1);
 }
 
@@ -153,7 +257,12 @@ async fn tcc_phase_one(w: &World, gid: &str, names: &[&str]) -> bool {
         register(w, gid, &branch, name).await;
         let res = http
             .post(w.p.url(&format!("{name}/try")))
-            .query(&[("gid", gid), ("trans_type", "tcc"), ("branch_id", &branch), ("op", "try")])
+            .query(&[
+                ("gid", gid),
+                ("trans_type", "tcc"),
+                ("branch_id", &branch),
+                ("op", "try"),
+            ])
             .json(&json!({ "account": name }))
             .send()
             .await
@@ -168,51 +277,129 @@ async fn tcc_phase_one(w: &World, gid: &str, names: &[&str]) -> bool {
 async fn tcc_success(backend: Backend) {
     let w = world(backend, &[]).await;
     let client = w.coord.client();
-    let gid = client.prepare_tcc(&PrepareTcc { options: quick(), ..Default::default() }).await.unwrap().gid;
+    let gid = client
+        .prepare_tcc(&PrepareTcc {
+            options: quick(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .gid;
     assert!(tcc_phase_one(&w, &gid, &["alice", "bob"]).await);
-    let done = client.submit(&gid, &Finish { wait_result: true, ..Default::default() }).await.unwrap();
+    let done = client
+        .submit(
+            &gid,
+            &Finish {
+                wait_result: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(done.status, GlobalStatus::Succeeded);
     assert_eq!(w.p.count("alice/confirm", &gid), 1);
     assert_eq!(w.p.count("bob/confirm", &gid), 1);
-    assert_eq!(w.p.count("alice/cancel", &gid) + w.p.count("bob/cancel", &gid), 0);
+    assert_eq!(
+        w.p.count("alice/cancel", &gid) + w.p.count("bob/cancel", &gid),
+        0
+    );
     let body = &w.p.calls_to("bob/confirm", &gid)[0].body;
-    assert_eq!(serde_json::from_slice::<serde_json::Value>(body).unwrap(), json!({"account": "bob"}));
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(body).unwrap(),
+        json!({"account": "bob"})
+    );
     // Registration is refused once the transaction left `prepared`.
-    let late = RegisterBranch { branch_id: "03".into(), confirm: w.p.url("x/confirm"), cancel: w.p.url("x/cancel"), payload: None };
-    assert_eq!(client.register_branch(&gid, &late).await.unwrap_err().status(), Some(409));
+    let late = RegisterBranch {
+        branch_id: "03".into(),
+        confirm: w.p.url("x/confirm"),
+        cancel: w.p.url("x/cancel"),
+        payload: None,
+    };
+    assert_eq!(
+        client
+            .register_branch(&gid, &late)
+            .await
+            .unwrap_err()
+            .status(),
+        Some(409)
+    );
 }
 
 async fn tcc_try_failure_cancels_every_branch(backend: Backend) {
     let w = world(backend, &[]).await;
     w.p.set("carol/try", Behaviour::Status(409));
     let client = w.coord.client();
-    let gid = client.prepare_tcc(&PrepareTcc { options: quick(), ..Default::default() }).await.unwrap().gid;
+    let gid = client
+        .prepare_tcc(&PrepareTcc {
+            options: quick(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .gid;
     assert!(!tcc_phase_one(&w, &gid, &["alice", "bob", "carol"]).await);
-    let finish = Finish { wait_result: true, reason: Some("carol refused".into()) };
-    assert_eq!(client.abort(&gid, &finish).await.unwrap().status, GlobalStatus::Failed);
+    let finish = Finish {
+        wait_result: true,
+        reason: Some("carol refused".into()),
+    };
+    assert_eq!(
+        client.abort(&gid, &finish).await.unwrap().status,
+        GlobalStatus::Failed
+    );
     let cancels: Vec<String> =
-        w.p.sequence(&gid).into_iter().filter(|p| p.ends_with("/cancel")).collect();
-    assert_eq!(cancels, ["carol/cancel", "bob/cancel", "alice/cancel"], "reverse registration order");
+        w.p.sequence(&gid)
+            .into_iter()
+            .filter(|p| p.ends_with("/cancel"))
+            .collect();
+    assert_eq!(
+        cancels,
+        ["carol/cancel", "bob/cancel", "alice/cancel"],
+        "reverse registration order"
+    );
     assert!(w.p.sequence(&gid).iter().all(|p| !p.ends_with("/confirm")));
     let tx = client.query(&gid).await.unwrap();
     assert_eq!(tx.rollback_reason.as_deref(), Some("carol refused"));
     // A submit after the abort is refused; a second abort is idempotent.
-    assert_eq!(client.submit(&gid, &Finish::default()).await.unwrap_err().status(), Some(409));
-    assert_eq!(client.abort(&gid, &Finish::default()).await.unwrap().status, GlobalStatus::Failed);
+    assert_eq!(
+        client
+            .submit(&gid, &Finish::default())
+            .await
+            .unwrap_err()
+            .status(),
+        Some(409)
+    );
+    assert_eq!(
+        client.abort(&gid, &Finish::default()).await.unwrap().status,
+        GlobalStatus::Failed
+    );
 }
 
 async fn tcc_initiator_vanishes(backend: Backend) {
     let w = world(backend, &[]).await;
     let client = w.coord.client();
-    let options = TxOptions { timeout_to_fail_ms: Some(1_000), ..quick() };
-    let gid = client.prepare_tcc(&PrepareTcc { options, ..Default::default() }).await.unwrap().gid;
+    let options = TxOptions {
+        timeout_to_fail_ms: Some(1_000),
+        ..quick()
+    };
+    let gid = client
+        .prepare_tcc(&PrepareTcc {
+            options,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .gid;
     assert!(tcc_phase_one(&w, &gid, &["alice", "bob"]).await);
     // ... and the initiator never calls submit or abort.
     let tx = final_state(&w, &gid).await;
     assert_eq!(tx.status, GlobalStatus::Failed);
     assert_eq!(w.p.count("bob/cancel", &gid), 1);
     assert_eq!(w.p.count("alice/cancel", &gid), 1);
-    assert!(tx.rollback_reason.unwrap_or_default().contains("timeout_to_fail"));
+    assert!(
+        tx.rollback_reason
+            .unwrap_or_default()
+            .contains("timeout_to_fail")
+    );
 }
 
 async fn duplicate_submit_is_idempotent(backend: Backend) {
@@ -227,24 +414,50 @@ async fn duplicate_submit_is_idempotent(backend: Backend) {
     };
     let first = client.submit_saga(&saga).await.unwrap();
     let again = client.submit_saga(&saga).await.unwrap();
-    assert_eq!((first.status, again.status), (GlobalStatus::Succeeded, GlobalStatus::Succeeded));
-    assert_eq!(w.p.count("order/action", "dup-saga-1"), 1, "the duplicate ran nothing");
+    assert_eq!(
+        (first.status, again.status),
+        (GlobalStatus::Succeeded, GlobalStatus::Succeeded)
+    );
+    assert_eq!(
+        w.p.count("order/action", "dup-saga-1"),
+        1,
+        "the duplicate ran nothing"
+    );
     // The same for TCC prepare and submit.
-    let prep = PrepareTcc { gid: Some("dup-tcc-1".into()), options: quick() };
+    let prep = PrepareTcc {
+        gid: Some("dup-tcc-1".into()),
+        options: quick(),
+    };
     client.prepare_tcc(&prep).await.unwrap();
     client.prepare_tcc(&prep).await.unwrap();
     assert!(tcc_phase_one(&w, "dup-tcc-1", &["alice"]).await);
-    let wait = Finish { wait_result: true, ..Default::default() };
+    let wait = Finish {
+        wait_result: true,
+        ..Default::default()
+    };
     client.submit("dup-tcc-1", &wait).await.unwrap();
-    assert_eq!(client.submit("dup-tcc-1", &wait).await.unwrap().status, GlobalStatus::Succeeded);
+    assert_eq!(
+        client.submit("dup-tcc-1", &wait).await.unwrap().status,
+        GlobalStatus::Succeeded
+    );
     assert_eq!(w.p.count("alice/confirm", "dup-tcc-1"), 1);
 }
 
 async fn coordinator_restart_resumes_from_the_database(backend: Backend) {
     // Short leases so that the restarted process may take over soon.
     let mut w = world(backend, &[("DTX_LEASE_MS", "1000")]).await;
-    w.p.set("stock/action", Behaviour::SlowTimes { times: 1, ms: 1_500 });
-    let saga = SubmitSaga { steps: vec![step(&w, "order"), step(&w, "stock"), step(&w, "pay")], options: quick(), ..Default::default() };
+    w.p.set(
+        "stock/action",
+        Behaviour::SlowTimes {
+            times: 1,
+            ms: 1_500,
+        },
+    );
+    let saga = SubmitSaga {
+        steps: vec![step(&w, "order"), step(&w, "stock"), step(&w, "pay")],
+        options: quick(),
+        ..Default::default()
+    };
     let gid = w.coord.client().submit_saga(&saga).await.unwrap().gid;
     // Kill the coordinator while step 2's call is in flight.
     let p = w.p.clone();
@@ -259,8 +472,16 @@ async fn coordinator_restart_resumes_from_the_database(backend: Backend) {
     w.coord.restart().await;
     let tx = final_state(&w, &gid).await;
     assert_eq!(tx.status, GlobalStatus::Succeeded);
-    assert_eq!(w.p.count("order/action", &gid), 1, "step 1 was recorded as done before the kill");
-    assert_eq!(w.p.count("stock/action", &gid), 2, "step 2's outcome was unknown: called again");
+    assert_eq!(
+        w.p.count("order/action", &gid),
+        1,
+        "step 1 was recorded as done before the kill"
+    );
+    assert_eq!(
+        w.p.count("stock/action", &gid),
+        2,
+        "step 2's outcome was unknown: called again"
+    );
     assert_eq!(w.p.count("pay/action", &gid), 1);
 }
 
@@ -269,27 +490,54 @@ async fn spent_retry_budget_needs_attention(backend: Backend) {
     w.p.set("stock/action", Behaviour::Status(503));
     let mut s2 = step(&w, "stock");
     s2.retry_limit = Some(3);
-    let saga = SubmitSaga { steps: vec![step(&w, "order"), s2], options: quick(), ..Default::default() };
+    let saga = SubmitSaga {
+        steps: vec![step(&w, "order"), s2],
+        options: quick(),
+        ..Default::default()
+    };
     let client = w.coord.client();
     let gid = client.submit_saga(&saga).await.unwrap().gid;
     let tx = eventually(Duration::from_secs(20), "needs_attention", || {
         let client = client.clone();
         let gid = gid.clone();
-        async move { client.query(&gid).await.ok().filter(|t| t.needs_attention.is_some()) }
+        async move {
+            client
+                .query(&gid)
+                .await
+                .ok()
+                .filter(|t| t.needs_attention.is_some())
+        }
     })
     .await;
-    assert_eq!(tx.status, GlobalStatus::Submitted, "parked, not silently failed");
+    assert_eq!(
+        tx.status,
+        GlobalStatus::Submitted,
+        "parked, not silently failed"
+    );
     let reason = tx.needs_attention.unwrap();
-    assert!(reason.contains("retry budget spent") && reason.contains("HTTP 503"), "{reason}");
-    assert!(tx.next_attempt_at.is_none(), "no automatic retry is scheduled");
+    assert!(
+        reason.contains("retry budget spent") && reason.contains("HTTP 503"),
+        "{reason}"
+    );
+    assert!(
+        tx.next_attempt_at.is_none(),
+        "no automatic retry is scheduled"
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(w.p.count("stock/action", &gid), 3, "exactly the budget, then nothing more");
-    let listed: serde_json::Value = reqwest::get(format!("{}/api/v1/transactions?needs_attention=true", w.coord.url))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    assert_eq!(
+        w.p.count("stock/action", &gid),
+        3,
+        "exactly the budget, then nothing more"
+    );
+    let listed: serde_json::Value = reqwest::get(format!(
+        "{}/api/v1/transactions?needs_attention=true",
+        w.coord.url
+    ))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
     assert_eq!(listed["transactions"][0]["gid"], gid.as_str());
 }
 

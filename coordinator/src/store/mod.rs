@@ -180,7 +180,7 @@ pub enum Inserted {
         version: i64,
     },
     /// A transaction with that gid exists already.
-    Exists(GlobalRow),
+    Exists(Box<GlobalRow>),
 }
 
 /// The answer to adding branches to a prepared transaction.

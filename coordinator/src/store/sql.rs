@@ -135,7 +135,7 @@ macro_rules! sql_store {
                         .fetch_one(&mut *db)
                         .await
                         .ctx("read existing transaction")?;
-                    return Ok($crate::store::Inserted::Exists(global_from_row(&row)?));
+                    return Ok($crate::store::Inserted::Exists(Box::new(global_from_row(&row)?)));
                 }
                 insert_ops(&mut db, &tx.gid, &tx.ops).await?;
                 db.commit().await.ctx("commit insert")?;
