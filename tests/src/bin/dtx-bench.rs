@@ -1,1 +1,201 @@
-fn main() {}
+//! `dtx-bench`: throughput and latency of two-step sagas through a real coordinator.
+//!
+//! W1 = two-step saga, both actions succeed; W2 = step 2 refuses (409), so step 2 and
+//! step 1 are compensated. Each submit asks `wait_result`, so its latency is submit →
+//! final status. Participants are no-op HTTP services on loopback; at the end their
+//! counters are checked per gid: every expected call happened exactly as often as it
+//! should. Run it with `scripts/bench` (release build).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::any;
+use clap::Parser;
+use dtx::GlobalStatus;
+use dtx::api::{SagaStep, SubmitSaga, TxOptions};
+use dtx_tests::{Backend, CoordinatorProc};
+
+#[derive(Debug, Parser)]
+#[command(name = "dtx-bench", about = "W1/W2 saga throughput and latency through a real coordinator")]
+struct Args {
+    /// Use a coordinator that is already running (else one is started per store).
+    #[arg(long)]
+    url: Option<String>,
+    /// Stores to start coordinators on: sqlite, postgres (PostgreSQL via DTX_TEST_POSTGRES_URL).
+    #[arg(long, value_delimiter = ',', default_value = "sqlite,postgres")]
+    stores: Vec<String>,
+    /// Workloads: w1, w2.
+    #[arg(long, value_delimiter = ',', default_value = "w1,w2")]
+    workloads: Vec<String>,
+    /// Transactions per run.
+    #[arg(short = 'n', long, default_value_t = 2000)]
+    transactions: usize,
+    /// Concurrency levels (one run each).
+    #[arg(short = 'c', long, value_delimiter = ',', default_value = "32,1")]
+    concurrency: Vec<usize>,
+}
+
+type Counts = Arc<Mutex<HashMap<(String, String), u32>>>;
+
+async fn participant(counts: Counts) -> anyhow::Result<String> {
+    async fn handle(
+        State(counts): State<Counts>,
+        Path(path): Path<String>,
+        Query(q): Query<HashMap<String, String>>,
+    ) -> StatusCode {
+        let gid = q.get("gid").cloned().unwrap_or_default();
+        let refuse = path == "refuse/action";
+        if let Ok(mut c) = counts.lock() {
+            *c.entry((path, gid)).or_default() += 1;
+        }
+        if refuse { StatusCode::CONFLICT } else { StatusCode::OK }
+    }
+    let app = Router::new().route("/{*path}", any(handle)).with_state(counts);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(format!("http://{addr}"))
+}
+
+struct RunResult {
+    tps: f64,
+    p50: Duration,
+    p99: Duration,
+    verified: bool,
+}
+
+async fn run(client: &dtx::Client, busi: &str, counts: &Counts, w2: bool, n: usize, c: usize, tag: &str) -> anyhow::Result<RunResult> {
+    let step = |name: &str| SagaStep {
+        action: format!("{busi}/{name}/action"),
+        compensate: Some(format!("{busi}/{name}/compensate")),
+        payload: Some(serde_json::json!({"amount": 1})),
+        ..Default::default()
+    };
+    let saga = Arc::new(SubmitSaga {
+        steps: vec![step("s1"), step(if w2 { "refuse" } else { "s2" })],
+        options: TxOptions { retry_interval_ms: Some(100), ..Default::default() },
+        wait_result: true,
+        ..Default::default()
+    });
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..c {
+        let (client, saga, next, tag) = (client.clone(), Arc::clone(&saga), Arc::clone(&next), tag.to_owned());
+        workers.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    return Ok::<_, anyhow::Error>(out);
+                }
+                let mut s = (*saga).clone();
+                s.gid = Some(format!("{tag}-{i}"));
+                let t0 = Instant::now();
+                let accepted = client.submit_saga(&s).await.context("submit")?;
+                let want = if w2 { GlobalStatus::Failed } else { GlobalStatus::Succeeded };
+                if accepted.status != want {
+                    bail!("{} ended {} (expected {want})", accepted.gid, accepted.status);
+                }
+                out.push(t0.elapsed());
+            }
+        }));
+    }
+    let mut lat = Vec::with_capacity(n);
+    for w in workers {
+        lat.extend(w.await??);
+    }
+    let elapsed = started.elapsed();
+    lat.sort_unstable();
+    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
+    // Every gid: each expected op exactly once, nothing else.
+    let expected: &[&str] = if w2 {
+        &["s1/action", "refuse/action", "refuse/compensate", "s1/compensate"]
+    } else {
+        &["s1/action", "s2/action"]
+    };
+    let counts = counts.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+    let mut verified = true;
+    for i in 0..n {
+        let gid = format!("{tag}-{i}");
+        for path in expected {
+            let got = counts.get(&((*path).to_owned(), gid.clone())).copied().unwrap_or(0);
+            if got != 1 {
+                eprintln!("{gid}: {path} called {got} times, expected once");
+                verified = false;
+            }
+        }
+    }
+    let calls_for_tag = counts.keys().filter(|(_, g)| g.starts_with(&format!("{tag}-"))).count();
+    if calls_for_tag != n * expected.len() {
+        eprintln!("{tag}: {calls_for_tag} distinct (op, gid) pairs called, expected {}", n * expected.len());
+        verified = false;
+    }
+    Ok(RunResult { tps: n as f64 / elapsed.as_secs_f64(), p50: pct(0.50), p99: pct(0.99), verified })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let counts: Counts = Arc::default();
+    let busi = participant(Arc::clone(&counts)).await?;
+    let run_id = format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis());
+
+    let mut targets: Vec<(String, Option<(CoordinatorProc, dtx_tests::Database)>, String)> = Vec::new();
+    if let Some(url) = &args.url {
+        targets.push(("external".into(), None, url.clone()));
+    } else {
+        for store in &args.stores {
+            let backend = match store.as_str() {
+                "sqlite" => Backend::Sqlite,
+                "postgres" => Backend::Postgres,
+                other => bail!("unknown store `{other}` (sqlite, postgres)"),
+            };
+            let db = backend.fresh().await;
+            let coord = CoordinatorProc::start(&db.url, &[]).await;
+            let url = coord.url.clone();
+            targets.push((store.clone(), Some((coord, db)), url));
+        }
+    }
+
+    println!("{:<9} {:<4} {:>6} {:>4} {:>9} {:>9} {:>9}  calls", "store", "load", "N", "C", "tx/s", "p50 ms", "p99 ms");
+    let mut all_ok = true;
+    for (store, _keep, url) in &targets {
+        let client = dtx::Client::with_timeout(url, Duration::from_secs(120));
+        for workload in &args.workloads {
+            let w2 = match workload.as_str() {
+                "w1" => false,
+                "w2" => true,
+                other => bail!("unknown workload `{other}` (w1, w2)"),
+            };
+            for &c in &args.concurrency {
+                let tag = format!("bench-{run_id}-{store}-{workload}-c{c}");
+                let r = run(&client, &busi, &counts, w2, args.transactions, c.max(1), &tag).await?;
+                all_ok &= r.verified;
+                println!(
+                    "{:<9} {:<4} {:>6} {:>4} {:>9.0} {:>9.2} {:>9.2}  {}",
+                    store,
+                    workload.to_uppercase(),
+                    args.transactions,
+                    c,
+                    r.tps,
+                    r.p50.as_secs_f64() * 1e3,
+                    r.p99.as_secs_f64() * 1e3,
+                    if r.verified { "exact" } else { "MISMATCH" }
+                );
+            }
+        }
+    }
+    if !all_ok {
+        bail!("participant counters do not match the expected calls");
+    }
+    Ok(())
+}
