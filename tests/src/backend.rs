@@ -34,13 +34,26 @@ impl Drop for Database {
 impl Database {
     /// The coordinator's attempt history of `gid`, oldest first: `(branch_id, op, outcome)`.
     pub async fn attempts(&self, gid: &str) -> Vec<(String, String, String)> {
-        const SQL: &str = "SELECT branch_id, op, outcome FROM dtx_attempt WHERE gid = $1 ORDER BY id";
+        const SQL: &str =
+            "SELECT branch_id, op, outcome FROM dtx_attempt WHERE gid = $1 ORDER BY id";
         if self.dir.is_some() {
-            let mut c = sqlx::SqliteConnection::connect(&self.url).await.expect("open SQLite");
-            sqlx::query_as(SQL).bind(gid).fetch_all(&mut c).await.expect("read dtx_attempt")
+            let mut c = sqlx::SqliteConnection::connect(&self.url)
+                .await
+                .expect("open SQLite");
+            sqlx::query_as(SQL)
+                .bind(gid)
+                .fetch_all(&mut c)
+                .await
+                .expect("read dtx_attempt")
         } else {
-            let mut c = sqlx::PgConnection::connect(&self.url).await.expect("connect PostgreSQL");
-            sqlx::query_as(SQL).bind(gid).fetch_all(&mut c).await.expect("read dtx_attempt")
+            let mut c = sqlx::PgConnection::connect(&self.url)
+                .await
+                .expect("connect PostgreSQL");
+            sqlx::query_as(SQL)
+                .bind(gid)
+                .fetch_all(&mut c)
+                .await
+                .expect("read dtx_attempt")
         }
     }
 }

@@ -22,7 +22,10 @@ use dtx::api::{SagaStep, SubmitSaga, TxOptions};
 use dtx_tests::{Backend, CoordinatorProc};
 
 #[derive(Debug, Parser)]
-#[command(name = "dtx-bench", about = "W1/W2 saga throughput and latency through a real coordinator")]
+#[command(
+    name = "dtx-bench",
+    about = "W1/W2 saga throughput and latency through a real coordinator"
+)]
 struct Args {
     /// Use a coordinator that is already running (else one is started per store).
     #[arg(long)]
@@ -54,9 +57,15 @@ async fn participant(counts: Counts) -> anyhow::Result<String> {
         if let Ok(mut c) = counts.lock() {
             *c.entry((path, gid)).or_default() += 1;
         }
-        if refuse { StatusCode::CONFLICT } else { StatusCode::OK }
+        if refuse {
+            StatusCode::CONFLICT
+        } else {
+            StatusCode::OK
+        }
     }
-    let app = Router::new().route("/{*path}", any(handle)).with_state(counts);
+    let app = Router::new()
+        .route("/{*path}", any(handle))
+        .with_state(counts);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
@@ -72,7 +81,15 @@ struct RunResult {
     verified: bool,
 }
 
-async fn run(client: &dtx::Client, busi: &str, counts: &Counts, w2: bool, n: usize, c: usize, tag: &str) -> anyhow::Result<RunResult> {
+async fn run(
+    client: &dtx::Client,
+    busi: &str,
+    counts: &Counts,
+    w2: bool,
+    n: usize,
+    c: usize,
+    tag: &str,
+) -> anyhow::Result<RunResult> {
     let step = |name: &str| SagaStep {
         action: format!("{busi}/{name}/action"),
         compensate: Some(format!("{busi}/{name}/compensate")),
@@ -81,7 +98,10 @@ async fn run(client: &dtx::Client, busi: &str, counts: &Counts, w2: bool, n: usi
     };
     let saga = Arc::new(SubmitSaga {
         steps: vec![step("s1"), step(if w2 { "refuse" } else { "s2" })],
-        options: TxOptions { retry_interval_ms: Some(100), ..Default::default() },
+        options: TxOptions {
+            retry_interval_ms: Some(100),
+            ..Default::default()
+        },
         wait_result: true,
         ..Default::default()
     });
@@ -89,7 +109,12 @@ async fn run(client: &dtx::Client, busi: &str, counts: &Counts, w2: bool, n: usi
     let started = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..c {
-        let (client, saga, next, tag) = (client.clone(), Arc::clone(&saga), Arc::clone(&next), tag.to_owned());
+        let (client, saga, next, tag) = (
+            client.clone(),
+            Arc::clone(&saga),
+            Arc::clone(&next),
+            tag.to_owned(),
+        );
         workers.push(tokio::spawn(async move {
             let mut out = Vec::new();
             loop {
@@ -101,9 +126,17 @@ async fn run(client: &dtx::Client, busi: &str, counts: &Counts, w2: bool, n: usi
                 s.gid = Some(format!("{tag}-{i}"));
                 let t0 = Instant::now();
                 let accepted = client.submit_saga(&s).await.context("submit")?;
-                let want = if w2 { GlobalStatus::Failed } else { GlobalStatus::Succeeded };
+                let want = if w2 {
+                    GlobalStatus::Failed
+                } else {
+                    GlobalStatus::Succeeded
+                };
                 if accepted.status != want {
-                    bail!("{} ended {} (expected {want})", accepted.gid, accepted.status);
+                    bail!(
+                        "{} ended {} (expected {want})",
+                        accepted.gid,
+                        accepted.status
+                    );
                 }
                 out.push(t0.elapsed());
             }
@@ -118,7 +151,12 @@ async fn run(client: &dtx::Client, busi: &str, counts: &Counts, w2: bool, n: usi
     let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
     // Every gid: each expected op exactly once, nothing else.
     let expected: &[&str] = if w2 {
-        &["s1/action", "refuse/action", "refuse/compensate", "s1/compensate"]
+        &[
+            "s1/action",
+            "refuse/action",
+            "refuse/compensate",
+            "s1/compensate",
+        ]
     } else {
         &["s1/action", "s2/action"]
     };
@@ -127,19 +165,33 @@ async fn run(client: &dtx::Client, busi: &str, counts: &Counts, w2: bool, n: usi
     for i in 0..n {
         let gid = format!("{tag}-{i}");
         for path in expected {
-            let got = counts.get(&((*path).to_owned(), gid.clone())).copied().unwrap_or(0);
+            let got = counts
+                .get(&((*path).to_owned(), gid.clone()))
+                .copied()
+                .unwrap_or(0);
             if got != 1 {
                 eprintln!("{gid}: {path} called {got} times, expected once");
                 verified = false;
             }
         }
     }
-    let calls_for_tag = counts.keys().filter(|(_, g)| g.starts_with(&format!("{tag}-"))).count();
+    let calls_for_tag = counts
+        .keys()
+        .filter(|(_, g)| g.starts_with(&format!("{tag}-")))
+        .count();
     if calls_for_tag != n * expected.len() {
-        eprintln!("{tag}: {calls_for_tag} distinct (op, gid) pairs called, expected {}", n * expected.len());
+        eprintln!(
+            "{tag}: {calls_for_tag} distinct (op, gid) pairs called, expected {}",
+            n * expected.len()
+        );
         verified = false;
     }
-    Ok(RunResult { tps: n as f64 / elapsed.as_secs_f64(), p50: pct(0.50), p99: pct(0.99), verified })
+    Ok(RunResult {
+        tps: n as f64 / elapsed.as_secs_f64(),
+        p50: pct(0.50),
+        p99: pct(0.99),
+        verified,
+    })
 }
 
 #[tokio::main]
@@ -147,9 +199,18 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let counts: Counts = Arc::default();
     let busi = participant(Arc::clone(&counts)).await?;
-    let run_id = format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis());
+    let run_id = format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis()
+    );
 
-    let mut targets: Vec<(String, Option<(CoordinatorProc, dtx_tests::Database)>, String)> = Vec::new();
+    let mut targets: Vec<(
+        String,
+        Option<(CoordinatorProc, dtx_tests::Database)>,
+        String,
+    )> = Vec::new();
     if let Some(url) = &args.url {
         targets.push(("external".into(), None, url.clone()));
     } else {
@@ -166,7 +227,10 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
-    println!("{:<9} {:<4} {:>6} {:>4} {:>9} {:>9} {:>9}  calls", "store", "load", "N", "C", "tx/s", "p50 ms", "p99 ms");
+    println!(
+        "{:<9} {:<4} {:>6} {:>4} {:>9} {:>9} {:>9}  calls",
+        "store", "load", "N", "C", "tx/s", "p50 ms", "p99 ms"
+    );
     let mut all_ok = true;
     for (store, _keep, url) in &targets {
         let client = dtx::Client::with_timeout(url, Duration::from_secs(120));
@@ -178,7 +242,16 @@ async fn main() -> anyhow::Result<()> {
             };
             for &c in &args.concurrency {
                 let tag = format!("bench-{run_id}-{store}-{workload}-c{c}");
-                let r = run(&client, &busi, &counts, w2, args.transactions, c.max(1), &tag).await?;
+                let r = run(
+                    &client,
+                    &busi,
+                    &counts,
+                    w2,
+                    args.transactions,
+                    c.max(1),
+                    &tag,
+                )
+                .await?;
                 all_ok &= r.verified;
                 println!(
                     "{:<9} {:<4} {:>6} {:>4} {:>9.0} {:>9.2} {:>9.2}  {}",
