@@ -46,6 +46,13 @@ struct Args {
 
 type Counts = Arc<Mutex<HashMap<(String, String), u32>>>;
 
+/// A coordinator to measure: its label, the process and database when started here, its URL.
+type Target = (
+    String,
+    Option<(CoordinatorProc, dtx_tests::Database)>,
+    String,
+);
+
 async fn participant(counts: Counts) -> anyhow::Result<String> {
     async fn handle(
         State(counts): State<Counts>,
@@ -206,11 +213,7 @@ async fn main() -> anyhow::Result<()> {
             .as_millis()
     );
 
-    let mut targets: Vec<(
-        String,
-        Option<(CoordinatorProc, dtx_tests::Database)>,
-        String,
-    )> = Vec::new();
+    let mut targets: Vec<Target> = Vec::new();
     if let Some(url) = &args.url {
         targets.push(("external".into(), None, url.clone()));
     } else {
