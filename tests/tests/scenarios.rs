@@ -176,6 +176,38 @@ async fn transient_errors_and_timeouts_are_retried(backend: Backend) {
     );
 }
 
+async fn saga_timeout_to_fail_compensates(backend: Backend) {
+    let w = world(backend, &[]).await;
+    w.p.set("stock/action", Behaviour::Status(503));
+    let options = TxOptions {
+        timeout_to_fail_ms: Some(1_000),
+        ..quick()
+    };
+    let saga = SubmitSaga {
+        steps: vec![step(&w, "order"), step(&w, "stock")],
+        options,
+        ..Default::default()
+    };
+    let gid = w.coord.client().submit_saga(&saga).await.unwrap().gid;
+    let tx = final_state(&w, &gid).await;
+    assert_eq!(tx.status, GlobalStatus::Failed);
+    assert!(
+        tx.rollback_reason
+            .unwrap_or_default()
+            .contains("timeout_to_fail")
+    );
+    assert!(
+        w.p.count("stock/action", &gid) >= 2,
+        "retried until the timeout"
+    );
+    assert_eq!(
+        w.p.count("stock/compensate", &gid),
+        1,
+        "step 2 may have run: compensated"
+    );
+    assert_eq!(w.p.count("order/compensate", &gid), 1);
+}
+
 async fn concurrent_saga_respects_dependencies(backend: Backend) {
     let w = world(backend, &[]).await;
     for s in ["a", "b", "c", "d"] {
@@ -558,6 +590,7 @@ on_every_store!(
     saga_success,
     saga_failure_compensates_in_reverse,
     transient_errors_and_timeouts_are_retried,
+    saga_timeout_to_fail_compensates,
     concurrent_saga_respects_dependencies,
     concurrent_saga_compensates_in_reverse_dependency_order,
     tcc_success,
