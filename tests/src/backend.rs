@@ -58,6 +58,68 @@ impl Database {
     }
 }
 
+/// `DTX_TEST_MYSQL_URL`, or a panic that says how to provide it.
+pub fn mysql_url() -> String {
+    std::env::var("DTX_TEST_MYSQL_URL").unwrap_or_else(|_| {
+        panic!(
+            "DTX_TEST_MYSQL_URL is not set. Run the suite with ./scripts/test (it starts \
+             MariaDB and sets it), or export DTX_TEST_MYSQL_URL=mysql://USER@HOST:3306/DB \
+             pointing at a MySQL 8 / MariaDB 10.6+ server where USER may CREATE DATABASE."
+        )
+    })
+}
+
+/// A fresh participant database for the barrier: a pool on a new PostgreSQL database.
+pub async fn fresh_pg_pool() -> (sqlx::PgPool, Database) {
+    let db = Backend::Postgres.fresh().await;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(16)
+        .connect(&db.url)
+        .await
+        .expect("connect PostgreSQL");
+    (pool, db)
+}
+
+/// A fresh participant database for the barrier: a pool on a new MySQL/MariaDB database.
+pub async fn fresh_mysql_pool() -> (sqlx::MySqlPool, Database) {
+    let admin_url = mysql_url();
+    let mut admin = sqlx::MySqlConnection::connect(&admin_url).await.unwrap_or_else(|e| {
+        panic!("cannot connect to DTX_TEST_MYSQL_URL={admin_url}: {e}. Is MariaDB running? ./scripts/test starts it.")
+    });
+    let name = unique("dtx_p");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .expect("CREATE DATABASE");
+    let base = admin_url
+        .rsplit_once('/')
+        .map_or(admin_url.as_str(), |(b, _)| b);
+    let url = format!("{base}/{name}");
+    let pool = sqlx::mysql::MySqlPoolOptions::new()
+        .max_connections(16)
+        .connect(&url)
+        .await
+        .expect("connect MySQL");
+    (pool, Database { url, dir: None })
+}
+
+/// A fresh participant database for the barrier: a pool on a new SQLite file (WAL).
+pub async fn fresh_sqlite_pool() -> (sqlx::SqlitePool, Database) {
+    use std::str::FromStr;
+    let db = Backend::Sqlite.fresh().await;
+    let options = sqlx::sqlite::SqliteConnectOptions::from_str(&db.url)
+        .expect("SQLite URL")
+        .create_if_missing(true)
+        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+        .busy_timeout(std::time::Duration::from_secs(30));
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(8)
+        .connect_with(options)
+        .await
+        .expect("open SQLite");
+    (pool, db)
+}
+
 /// `DTX_TEST_POSTGRES_URL`, or a panic that says how to provide it.
 pub fn postgres_url() -> String {
     std::env::var("DTX_TEST_POSTGRES_URL").unwrap_or_else(|_| {
