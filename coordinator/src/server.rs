@@ -105,6 +105,36 @@ pub async fn serve(
     Ok(())
 }
 
+/// Starts a coordinator in the background of the current tokio runtime (for examples and
+/// embedding) and returns its address once it accepts requests. It runs until the
+/// returned sender is dropped or sent to.
+pub async fn start_in_background(
+    config: Config,
+) -> Result<(SocketAddr, tokio::sync::oneshot::Sender<()>), StartError> {
+    let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(serve(
+        config,
+        move |addr| {
+            let _ = addr_tx.send(addr);
+        },
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    match addr_rx.await {
+        Ok(addr) => Ok((addr, stop_tx)),
+        // The server stopped before listening: return its error.
+        Err(_) => match task.await {
+            Ok(Err(e)) => Err(e),
+            _ => Err(StartError::Bind {
+                addr: "?".into(),
+                source: std::io::Error::other("coordinator task ended"),
+            }),
+        },
+    }
+}
+
 /// Hides the password of a database URL in logs.
 fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {

@@ -86,22 +86,13 @@ mod tests {
     fn lookup_names_what_is_missing() {
         let mut m: HashMap<&str, &str> =
             HashMap::from([("gid", "g1"), ("trans_type", "saga"), ("branch_id", "01")]);
-        let get = |m: &HashMap<&str, &str>| {
-            let m = m.clone();
-            move |k: &str| m.get(k).map(|v| v.to_string())
+        let parse = |m: &HashMap<&str, &str>| {
+            BranchContext::from_lookup(|k| m.get(k).map(|v| v.to_string()))
         };
-        assert!(
-            BranchContext::from_lookup(get(&m))
-                .unwrap_err()
-                .contains("`op`")
-        );
+        assert!(parse(&m).unwrap_err().contains("`op`"));
         m.insert("op", "action");
-        assert_eq!(BranchContext::from_lookup(get(&m)).unwrap().op, Op::Action);
+        assert_eq!(parse(&m).unwrap().op, Op::Action);
         m.insert("op", "launch");
-        assert!(
-            BranchContext::from_lookup(get(&m))
-                .unwrap_err()
-                .starts_with("op:")
-        );
+        assert!(parse(&m).unwrap_err().starts_with("op:"));
     }
 }

@@ -1,0 +1,47 @@
+//! The examples, run end to end, checked by the rows they leave.
+
+use dtx::GlobalStatus;
+use dtx_tests::Backend;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcc_bank_transfer_moves_30_and_refuses_500() {
+    let (a, b) = (
+        Backend::Postgres.fresh().await,
+        Backend::Postgres.fresh().await,
+    );
+    let settings = tcc_bank_transfer::Settings {
+        bank_a_db: a.url.clone(),
+        bank_b_db: b.url.clone(),
+        coordinator: None,
+    };
+    let report = tcc_bank_transfer::run(settings).await.unwrap();
+    assert_eq!(report.first, GlobalStatus::Succeeded);
+    assert!(
+        report
+            .second
+            .starts_with("aborted: branch 01 refused its try"),
+        "{}",
+        report.second
+    );
+    assert_eq!(
+        report.alice,
+        (70, 0),
+        "alice paid 30 once; the refused transfer left nothing frozen"
+    );
+    assert_eq!(report.bob, (30, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saga_order_compensates_a_refused_payment() {
+    let dir = std::env::temp_dir().join(format!("saga-order-test-{}", std::process::id()));
+    let report = saga_order::run(&dir, None).await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(
+        (report.first, report.second),
+        (GlobalStatus::Succeeded, GlobalStatus::Failed)
+    );
+    let statuses: Vec<&str> = report.orders.iter().map(|(_, s)| s.as_str()).collect();
+    assert_eq!(statuses, ["created", "cancelled"]);
+    assert_eq!(report.stock, 8, "the refused order's stock was put back");
+    assert_eq!(report.wallet, 60);
+}
