@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use dtx::GlobalStatus;
+use dtx::{GlobalStatus, OpStatus};
 use tokio::sync::{Semaphore, oneshot};
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -19,7 +19,9 @@ use crate::engine::{self, OpState, Outcome, TxState};
 use crate::invoke::HttpInvoker;
 use crate::invoke::http::BranchCall;
 use crate::service::StoredOptions;
-use crate::store::{AttemptRecord, GlobalRow, OpRow, OpUpdate, Progress, Saved, Store, StoreError};
+use crate::store::{
+    AttemptRecord, GlobalRow, NewTransaction, OpRow, OpUpdate, Progress, Saved, Store, StoreError,
+};
 
 /// Why a drive stopped early.
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +108,8 @@ struct Working {
     rows: Vec<OpRow>,
     headers: BTreeMap<String, String>,
     rollback_reason: Option<String>,
+    /// When our lease runs out, as far as we know (database clock).
+    lease_deadline: i64,
 }
 
 impl Driver {
@@ -127,6 +131,11 @@ impl Driver {
         &self.config.owner
     }
 
+    /// The database's clock, estimated.
+    pub fn now(&self) -> i64 {
+        self.clock.now()
+    }
+
     /// Lease length.
     pub fn lease_ms(&self) -> i64 {
         self.config.lease_ms
@@ -134,12 +143,59 @@ impl Driver {
 
     /// Drives `gid` in the background; it must be leased to this process already.
     pub fn spawn(self: &Arc<Self>, gid: String) {
+        self.spawn_with(gid, None);
+    }
+
+    /// Drives a transaction this process has just inserted (leased to itself), from the
+    /// inserted data: no read back from the database.
+    pub fn spawn_new(self: &Arc<Self>, new: &NewTransaction, created_at: i64) -> Result<(), DriveError> {
+        let rows = new
+            .ops
+            .iter()
+            .map(|o| OpRow {
+                branch_id: o.branch_id.clone(),
+                op: o.op,
+                seq: o.seq,
+                target: o.target.clone(),
+                payload: o.payload.clone(),
+                status: OpStatus::Pending,
+                attempts: 0,
+                next_at: 0,
+                last_error: None,
+                retry_limit: o.retry_limit,
+                request_timeout_ms: o.request_timeout_ms,
+                updated_at: created_at,
+            })
+            .collect();
+        let row = GlobalRow {
+            gid: new.gid.clone(),
+            trans_type: new.trans_type,
+            status: new.status,
+            options: new.options.clone(),
+            created_at,
+            updated_at: created_at,
+            finished_at: None,
+            timeout_at: new.timeout_ms.map(|t| created_at + t),
+            next_attempt_at: Some(created_at + new.first_look_ms),
+            attempts: 0,
+            lease_owner: new.lease.as_ref().map(|l| l.owner.clone()),
+            lease_until: new.lease.as_ref().map(|l| created_at + l.ms),
+            version: 1,
+            needs_attention: None,
+            rollback_reason: None,
+        };
+        let w = working(row, rows)?;
+        self.spawn_with(new.gid.clone(), Some(w));
+        Ok(())
+    }
+
+    fn spawn_with(self: &Arc<Self>, gid: String, known: Option<Working>) {
         let this = Arc::clone(self);
         let span = info_span!("tx", gid = %gid);
         tokio::spawn(
             async move {
                 let Ok(_permit) = this.permits.clone().acquire_owned().await else { return };
-                if let Err(e) = this.drive(&gid).await {
+                if let Err(e) = this.drive_from(&gid, known).await {
                     warn!(error = %e, "drive interrupted; the poller will resume it after the lease expires");
                 }
             }
@@ -164,10 +220,18 @@ impl Driver {
 
     /// Drives `gid` until it is final, parked, waiting long, or no longer ours.
     pub async fn drive(&self, gid: &str) -> Result<(), DriveError> {
+        self.drive_from(gid, None).await
+    }
+
+    async fn drive_from(&self, gid: &str, mut known: Option<Working>) -> Result<(), DriveError> {
         // A lost race with a writer that does not take leases (branch registration) is
         // retried from fresh state a few times; a lost lease ends the drive.
         for _ in 0..3 {
-            let Some(mut w) = self.load(gid).await? else {
+            let w = match known.take() {
+                Some(w) => Some(w),
+                None => self.load(gid).await?,
+            };
+            let Some(mut w) = w else {
                 debug!("not leased to this process; leaving it");
                 return Ok(());
             };
@@ -197,7 +261,19 @@ impl Driver {
                 && plan.attention.is_none()
                 && (!plan.calls.is_empty()
                     || wait.is_some_and(|d| d <= self.config.inline_wait_ms));
-            let must_write = status_changed || attention_changed || !changed.is_empty() || !keep;
+            // Forward progress in the same direction (an action or confirm that succeeded,
+            // followed by more calls) need not be written before those calls: if this
+            // process dies, the next owner calls the succeeded ops again and the barrier
+            // makes that a no-op. Every change of direction, failure, wait or release is
+            // written before anything else happens, and the lease must outlast the calls.
+            let only_progress = !changed.is_empty()
+                && changed.iter().all(|&i| w.ops[i].status == OpStatus::Succeeded)
+                && !status_changed
+                && !attention_changed
+                && !plan.calls.is_empty()
+                && w.lease_deadline - now > self.lease_for(w) / 2;
+            let must_write =
+                (status_changed || attention_changed || !changed.is_empty() || !keep) && !only_progress;
             if must_write {
                 let progress = Progress {
                     status: plan.status,
@@ -220,7 +296,10 @@ impl Driver {
                     .save(&w.gid, &self.config.owner, w.version, &progress)
                     .await?
                 {
-                    Saved::Ok(v) => w.version = v,
+                    Saved::Ok(v) => {
+                        w.version = v;
+                        w.lease_deadline = now + progress.lease_ms.unwrap_or(0);
+                    }
                     Saved::Conflict => {
                         debug!("write lost a race; reloading");
                         return Ok(None);
@@ -379,5 +458,6 @@ fn working(row: GlobalRow, rows: Vec<OpRow>) -> Result<Working, DriveError> {
         rows,
         headers: options.branch_headers,
         rollback_reason: row.rollback_reason,
+        lease_deadline: row.lease_until.unwrap_or(0),
     })
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use dtx::api::TxOptions;
 use dtx::{GlobalStatus, Op, TransType};
 use serde::{Deserialize, Serialize};
-use tracing::info;
+use tracing::{debug, info};
 
 use crate::config::Config;
 use crate::driver::Driver;
@@ -108,6 +108,16 @@ pub struct BranchSpec {
     pub payload: Vec<u8>,
 }
 
+/// What moving a transaction did.
+enum Moved {
+    /// Moved now; the receiver tells its final status.
+    Now(tokio::sync::oneshot::Receiver<GlobalStatus>),
+    /// Moved now; nobody waits.
+    Started(GlobalStatus),
+    /// It was there already (an idempotent repeat).
+    Already(GlobalStatus),
+}
+
 /// The coordinator's operations.
 pub struct Coordinator {
     store: Arc<dyn Store>,
@@ -173,10 +183,12 @@ impl Coordinator {
         serde_json::to_string(&stored).map_err(|e| invalid("options", e.to_string()))
     }
 
-    /// Submits a saga: stored durably, then driven at once by this process.
+    /// Submits a saga: stored durably, then driven at once by this process. With `wait`,
+    /// answers when it is final (or the configured wait passed).
     pub async fn submit_saga(
         &self,
         spec: SagaSpec,
+        wait: bool,
     ) -> Result<(String, GlobalStatus), ServiceError> {
         let gid = self.gid_or_new(spec.gid)?;
         let n = spec.steps.len();
@@ -238,13 +250,22 @@ impl Coordinator {
             lease: Some(self.lease()),
             ops,
         };
+        let created_at = self.driver.now();
         match self.store.insert(&new).await? {
             Inserted::Created { .. } => {
-                info!(gid = %gid, steps = n, "saga submitted");
-                self.driver.spawn(gid.clone());
-                Ok((gid, GlobalStatus::Submitted))
+                debug!(gid = %gid, steps = n, "saga submitted");
+                // Subscribed before the drive starts, so that its end cannot be missed.
+                let waiter = wait.then(|| self.driver.waiters.subscribe(&gid));
+                self.driver.spawn_new(&new, created_at).map_err(|e| ServiceError::Conflict(e.to_string()))?;
+                match waiter {
+                    Some(rx) => Ok((gid.clone(), self.wait_on(&gid, rx, Some(GlobalStatus::Submitted)).await?)),
+                    None => Ok((gid, GlobalStatus::Submitted)),
+                }
             }
-            Inserted::Exists(row) if row.trans_type == TransType::Saga => Ok((gid, row.status)),
+            Inserted::Exists(row) if row.trans_type == TransType::Saga => {
+                let status = if wait && !row.status.is_final() { self.wait_final(&gid).await? } else { row.status };
+                Ok((gid, status))
+            }
             Inserted::Exists(row) => Err(ServiceError::Conflict(format!(
                 "gid `{gid}` is already used by a {} transaction",
                 row.trans_type
@@ -347,9 +368,10 @@ impl Coordinator {
         }
     }
 
-    /// Submits a prepared transaction (phase 2 commit); idempotent.
-    pub async fn submit(&self, gid: &str) -> Result<GlobalStatus, ServiceError> {
-        self.finish(gid, GlobalStatus::Submitted, None).await
+    /// Submits a prepared transaction (phase 2 commit); idempotent. With `wait`, answers
+    /// when it is final (or the configured wait passed).
+    pub async fn submit(&self, gid: &str, wait: bool) -> Result<GlobalStatus, ServiceError> {
+        self.finish(gid, GlobalStatus::Submitted, None, wait).await
     }
 
     /// Aborts a prepared transaction (phase 2 rollback); idempotent.
@@ -357,9 +379,10 @@ impl Coordinator {
         &self,
         gid: &str,
         reason: Option<String>,
+        wait: bool,
     ) -> Result<GlobalStatus, ServiceError> {
         let reason = reason.unwrap_or_else(|| "aborted by the initiator".into());
-        self.finish(gid, GlobalStatus::Aborting, Some(reason)).await
+        self.finish(gid, GlobalStatus::Aborting, Some(reason), wait).await
     }
 
     async fn finish(
@@ -367,7 +390,22 @@ impl Coordinator {
         gid: &str,
         to: GlobalStatus,
         reason: Option<String>,
+        wait: bool,
     ) -> Result<GlobalStatus, ServiceError> {
+        match self.move_to(gid, to, reason, wait).await? {
+            Moved::Now(rx) => self.wait_on(gid, rx, Some(to)).await,
+            Moved::Already(s) if wait && !s.is_final() => self.wait_final(gid).await,
+            Moved::Already(s) | Moved::Started(s) => Ok(s),
+        }
+    }
+
+    async fn move_to(
+        &self,
+        gid: &str,
+        to: GlobalStatus,
+        reason: Option<String>,
+        wait: bool,
+    ) -> Result<Moved, ServiceError> {
         dtx::validate_gid(gid).map_err(|m| invalid("gid", m))?;
         for _ in 0..3 {
             let Some((row, _)) = self.store.load(gid).await? else {
@@ -392,8 +430,12 @@ impl Coordinator {
                         .await?
                     {
                         info!(gid, to = %to, "{verb} accepted");
+                        let waiter = wait.then(|| self.driver.waiters.subscribe(gid));
                         self.driver.spawn(gid.to_owned());
-                        return Ok(to);
+                        return Ok(match waiter {
+                            Some(rx) => Moved::Now(rx),
+                            None => Moved::Started(to),
+                        });
                     }
                     // Moved under us (timeout or a concurrent call): decide on fresh state.
                 }
@@ -406,8 +448,10 @@ impl Coordinator {
                     TransType::Tcc,
                     GlobalStatus::Aborting | GlobalStatus::Failed,
                     GlobalStatus::Aborting,
-                ) => return Ok(row.status),
-                (TransType::Saga, status, GlobalStatus::Submitted) => return Ok(status),
+                ) => return Ok(Moved::Already(row.status)),
+                (TransType::Saga, status, GlobalStatus::Submitted) => {
+                    return Ok(Moved::Already(status));
+                }
                 (TransType::Saga, _, _) => {
                     return Err(ServiceError::Conflict(format!(
                         "transaction `{gid}` is a saga: it rolls back by itself when a step fails or its timeout passes"
@@ -427,13 +471,28 @@ impl Coordinator {
 
     /// Waits until `gid` is final or the configured wait passes; returns its status then.
     pub async fn wait_final(&self, gid: &str) -> Result<GlobalStatus, ServiceError> {
+        let rx = self.driver.waiters.subscribe(gid);
+        self.wait_on(gid, rx, None).await
+    }
+
+    /// Waits on a subscription made earlier. `known` is the status already known (no
+    /// need to read it); the database is read only every 250 ms, for transactions that
+    /// another process finishes.
+    async fn wait_on(
+        &self,
+        gid: &str,
+        mut rx: tokio::sync::oneshot::Receiver<GlobalStatus>,
+        mut known: Option<GlobalStatus>,
+    ) -> Result<GlobalStatus, ServiceError> {
         let deadline =
             tokio::time::Instant::now() + Duration::from_millis(self.config.wait_result_timeout_ms);
-        let mut rx = self.driver.waiters.subscribe(gid);
         let result = loop {
-            let status = match self.store.load(gid).await? {
-                Some((row, _)) => row.status,
-                None => break Err(ServiceError::NotFound(gid.to_owned())),
+            let status = match known.take() {
+                Some(s) => s,
+                None => match self.store.load(gid).await? {
+                    Some((row, _)) => row.status,
+                    None => break Err(ServiceError::NotFound(gid.to_owned())),
+                },
             };
             if status.is_final() || tokio::time::Instant::now() >= deadline {
                 break Ok(status);

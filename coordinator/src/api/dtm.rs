@@ -174,10 +174,10 @@ async fn submit(
                 options: t.options(),
                 custom_data: t.custom_data.clone(),
             };
-            c.submit_saga(spec).await.map_err(dtm_err)?;
+            c.submit_saga(spec, false).await.map_err(dtm_err)?;
         }
         _ => {
-            c.submit(&gid).await.map_err(dtm_err)?;
+            c.submit(&gid, false).await.map_err(dtm_err)?;
         }
     }
     wait_if_asked(&c, &gid, t.wait_result).await
@@ -201,7 +201,7 @@ async fn abort(
     ApiJson(t): ApiJson<DtmTrans>,
 ) -> Result<Json<Value>, ApiError> {
     t.trans_type()?;
-    c.abort(&t.gid, t.rollback_reason.clone())
+    c.abort(&t.gid, t.rollback_reason.clone(), false)
         .await
         .map_err(dtm_err)?;
     wait_if_asked(&c, &t.gid, t.wait_result).await

@@ -63,10 +63,7 @@ async fn submit_saga(
         options: req.options,
         custom_data: None,
     };
-    let (gid, mut status) = c.submit_saga(spec).await?;
-    if req.wait_result {
-        status = c.wait_final(&gid).await?;
-    }
+    let (gid, status) = c.submit_saga(spec, req.wait_result).await?;
     Ok(Json(Accepted { gid, status }))
 }
 
@@ -104,14 +101,11 @@ async fn finish(
     req: Finish,
     submit: bool,
 ) -> Result<Json<Accepted>, ApiError> {
-    let mut status = if submit {
-        c.submit(&gid).await?
+    let status = if submit {
+        c.submit(&gid, req.wait_result).await?
     } else {
-        c.abort(&gid, req.reason).await?
+        c.abort(&gid, req.reason, req.wait_result).await?
     };
-    if req.wait_result {
-        status = c.wait_final(&gid).await?;
-    }
     Ok(Json(Accepted { gid, status }))
 }
 

@@ -92,25 +92,11 @@ macro_rules! sql_store {
             Ok(inserted)
         }
 
-        #[async_trait::async_trait]
-        impl $crate::store::Store for $store {
-            fn backend(&self) -> &'static str {
-                $backend
-            }
-
-            async fn migrate(&self) -> Result<(), $crate::store::StoreError> {
-                let mut migrator = sqlx::migrate::Migrator::with_migrations($migrations);
-                migrator.dangerous_set_table_name("dtx_schema_migrations");
-                migrator.run(&self.write).await?;
-                Ok(())
-            }
-
-            async fn now(&self) -> Result<i64, $crate::store::StoreError> {
-                use $crate::store::Context;
-                sqlx::query_scalar(concat!("SELECT ", $now)).fetch_one(&self.read).await.ctx("read the clock")
-            }
-
-            async fn insert(&self, tx: &$crate::store::NewTransaction) -> Result<$crate::store::Inserted, $crate::store::StoreError> {
+        impl $store {
+            /// Inserts a transaction and its ops with one statement each, in one database
+            /// transaction (the portable way; a backend may do better).
+            #[allow(dead_code)]
+            async fn insert_multi(&self, tx: &$crate::store::NewTransaction) -> Result<$crate::store::Inserted, $crate::store::StoreError> {
                 use $crate::store::Context;
                 let mut db = self.write.begin_with($begin).await.ctx("begin insert")?;
                 let created = sqlx::query(concat!(
@@ -140,6 +126,103 @@ macro_rules! sql_store {
                 insert_ops(&mut db, &tx.gid, &tx.ops).await?;
                 db.commit().await.ctx("commit insert")?;
                 Ok($crate::store::Inserted::Created { version: 1 })
+            }
+
+            /// Saves progress with one statement per changed row, in one database transaction
+            /// (the portable way; a backend may do better).
+            #[allow(dead_code)]
+            async fn save_multi(
+                &self,
+                gid: &str,
+                owner: &str,
+                version: i64,
+                p: &$crate::store::Progress,
+            ) -> Result<$crate::store::Saved, $crate::store::StoreError> {
+                use $crate::store::Context;
+                let mut db = self.write.begin_with($begin).await.ctx("begin save")?;
+                let updated = sqlx::query(concat!(
+                    "UPDATE dtx_global SET status = $1, needs_attention = $2, rollback_reason = COALESCE(rollback_reason, $3), ",
+                    "next_attempt_at = $4, attempts = attempts + $5, version = version + 1, updated_at = ", $now, ", ",
+                    "finished_at = CASE WHEN $6 THEN ", $now, " ELSE finished_at END, ",
+                    "lease_owner = $7, lease_until = ", $now, " + $8 ",
+                    "WHERE gid = $9 AND version = $10 AND lease_owner = $11"
+                ))
+                .bind(p.status.as_str())
+                .bind(p.needs_attention.as_deref())
+                .bind(p.rollback_reason.as_deref())
+                .bind(p.next_attempt_at)
+                .bind(p.attempts.len() as i64)
+                .bind(p.status.is_final())
+                .bind(p.lease_ms.map(|_| owner))
+                .bind(p.lease_ms)
+                .bind(gid)
+                .bind(version)
+                .bind(owner)
+                .execute(&mut *db)
+                .await
+                .ctx("save progress")?
+                .rows_affected();
+                if updated == 0 {
+                    return Ok($crate::store::Saved::Conflict);
+                }
+                for op in &p.ops {
+                    sqlx::query(concat!(
+                        "UPDATE dtx_branch SET status = $1, attempts = $2, next_at = $3, last_error = $4, updated_at = ", $now,
+                        " WHERE gid = $5 AND branch_id = $6 AND op = $7"
+                    ))
+                    .bind(op.status.as_str())
+                    .bind(op.attempts)
+                    .bind(op.next_at)
+                    .bind(op.last_error.as_deref())
+                    .bind(gid)
+                    .bind(&op.branch_id)
+                    .bind(op.op.as_str())
+                    .execute(&mut *db)
+                    .await
+                    .ctx("save branch op")?;
+                }
+                if !p.attempts.is_empty() {
+                    let mut qb = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO dtx_attempt (gid, branch_id, op, started_at, duration_ms, outcome, error, owner) ",
+                    );
+                    qb.push_values(&p.attempts, |mut b, a| {
+                        b.push_bind(gid.to_owned())
+                            .push_bind(a.branch_id.clone())
+                            .push_bind(a.op.as_str())
+                            .push_bind(a.started_at)
+                            .push_bind(a.duration_ms)
+                            .push_bind(a.outcome)
+                            .push_bind(a.error.clone())
+                            .push_bind(owner.to_owned());
+                    });
+                    qb.build().execute(&mut *db).await.ctx("record attempts")?;
+                }
+                db.commit().await.ctx("commit save")?;
+                Ok($crate::store::Saved::Ok(version + 1))
+            }
+
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::store::Store for $store {
+            fn backend(&self) -> &'static str {
+                $backend
+            }
+
+            async fn migrate(&self) -> Result<(), $crate::store::StoreError> {
+                let mut migrator = sqlx::migrate::Migrator::with_migrations($migrations);
+                migrator.dangerous_set_table_name("dtx_schema_migrations");
+                migrator.run(&self.write).await?;
+                Ok(())
+            }
+
+            async fn now(&self) -> Result<i64, $crate::store::StoreError> {
+                use $crate::store::Context;
+                sqlx::query_scalar(concat!("SELECT ", $now)).fetch_one(&self.read).await.ctx("read the clock")
+            }
+
+            async fn insert(&self, tx: &$crate::store::NewTransaction) -> Result<$crate::store::Inserted, $crate::store::StoreError> {
+                self.insert_tx(tx).await
             }
 
             async fn load(&self, gid: &str) -> Result<Option<($crate::store::GlobalRow, Vec<$crate::store::OpRow>)>, $crate::store::StoreError> {
@@ -224,67 +307,7 @@ macro_rules! sql_store {
                 version: i64,
                 p: &$crate::store::Progress,
             ) -> Result<$crate::store::Saved, $crate::store::StoreError> {
-                use $crate::store::Context;
-                let mut db = self.write.begin_with($begin).await.ctx("begin save")?;
-                let updated = sqlx::query(concat!(
-                    "UPDATE dtx_global SET status = $1, needs_attention = $2, rollback_reason = COALESCE(rollback_reason, $3), ",
-                    "next_attempt_at = $4, attempts = attempts + $5, version = version + 1, updated_at = ", $now, ", ",
-                    "finished_at = CASE WHEN $6 THEN ", $now, " ELSE finished_at END, ",
-                    "lease_owner = $7, lease_until = ", $now, " + $8 ",
-                    "WHERE gid = $9 AND version = $10 AND lease_owner = $11"
-                ))
-                .bind(p.status.as_str())
-                .bind(p.needs_attention.as_deref())
-                .bind(p.rollback_reason.as_deref())
-                .bind(p.next_attempt_at)
-                .bind(p.attempts.len() as i64)
-                .bind(p.status.is_final())
-                .bind(p.lease_ms.map(|_| owner))
-                .bind(p.lease_ms)
-                .bind(gid)
-                .bind(version)
-                .bind(owner)
-                .execute(&mut *db)
-                .await
-                .ctx("save progress")?
-                .rows_affected();
-                if updated == 0 {
-                    return Ok($crate::store::Saved::Conflict);
-                }
-                for op in &p.ops {
-                    sqlx::query(concat!(
-                        "UPDATE dtx_branch SET status = $1, attempts = $2, next_at = $3, last_error = $4, updated_at = ", $now,
-                        " WHERE gid = $5 AND branch_id = $6 AND op = $7"
-                    ))
-                    .bind(op.status.as_str())
-                    .bind(op.attempts)
-                    .bind(op.next_at)
-                    .bind(op.last_error.as_deref())
-                    .bind(gid)
-                    .bind(&op.branch_id)
-                    .bind(op.op.as_str())
-                    .execute(&mut *db)
-                    .await
-                    .ctx("save branch op")?;
-                }
-                if !p.attempts.is_empty() {
-                    let mut qb = sqlx::QueryBuilder::<$db>::new(
-                        "INSERT INTO dtx_attempt (gid, branch_id, op, started_at, duration_ms, outcome, error, owner) ",
-                    );
-                    qb.push_values(&p.attempts, |mut b, a| {
-                        b.push_bind(gid.to_owned())
-                            .push_bind(a.branch_id.clone())
-                            .push_bind(a.op.as_str())
-                            .push_bind(a.started_at)
-                            .push_bind(a.duration_ms)
-                            .push_bind(a.outcome)
-                            .push_bind(a.error.clone())
-                            .push_bind(owner.to_owned());
-                    });
-                    qb.build().execute(&mut *db).await.ctx("record attempts")?;
-                }
-                db.commit().await.ctx("commit save")?;
-                Ok($crate::store::Saved::Ok(version + 1))
+                self.save_progress(gid, owner, version, p).await
             }
 
             async fn claim_due(&self, lease: &$crate::store::Lease, limit: i64) -> Result<Vec<String>, $crate::store::StoreError> {

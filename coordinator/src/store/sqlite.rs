@@ -59,3 +59,15 @@ super::sql::sql_store! {
             RETURNING gid",
     migrations: super::sql::migrations(&[(1, "coordinator", include_str!("../../../migrations/sqlite/0001_coordinator.sql"))]),
 }
+
+// SQLite runs in-process: statements cost no round trip, so the portable multi-statement
+// writes are as good as it gets; the commit (fsync) is the cost.
+impl SqliteStore {
+    async fn insert_tx(&self, tx: &super::NewTransaction) -> Result<super::Inserted, StoreError> {
+        self.insert_multi(tx).await
+    }
+
+    async fn save_progress(&self, gid: &str, owner: &str, version: i64, p: &super::Progress) -> Result<super::Saved, StoreError> {
+        self.save_multi(gid, owner, version, p).await
+    }
+}
