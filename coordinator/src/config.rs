@@ -35,6 +35,9 @@ pub struct Config {
     pub max_branches: usize,
     /// Longest a `wait_result` request waits for the final state.
     pub wait_result_timeout_ms: u64,
+    /// Group commit: share one database commit between the writes of many transactions
+    /// (each write is still acknowledged only after its commit). Env: `DTX_GROUP_COMMIT`.
+    pub group_commit: bool,
     /// Default retry and timeout rules of new transactions.
     pub defaults: Defaults,
 }
@@ -71,6 +74,7 @@ impl Default for Config {
             body_limit_bytes: 1 << 20,
             max_branches: 512,
             wait_result_timeout_ms: 30_000,
+            group_commit: true,
             defaults: Defaults::default(),
         }
     }
@@ -178,6 +182,18 @@ impl Config {
         }
         if let Some(v) = num("DTX_LEASE_MS")? {
             self.lease_ms = v;
+        }
+        if let Some(v) = var("DTX_GROUP_COMMIT") {
+            self.group_commit = match v.as_str() {
+                "1" | "true" | "on" => true,
+                "0" | "false" | "off" => false,
+                _ => {
+                    return Err(ConfigError::Env {
+                        name: "DTX_GROUP_COMMIT",
+                        detail: format!("`{v}`: use true or false"),
+                    });
+                }
+            };
         }
         if let Some(v) = num("DTX_MAX_CONNECTIONS")? {
             self.max_connections = v as u32;

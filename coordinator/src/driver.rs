@@ -148,7 +148,11 @@ impl Driver {
 
     /// Drives a transaction this process has just inserted (leased to itself), from the
     /// inserted data: no read back from the database.
-    pub fn spawn_new(self: &Arc<Self>, new: &NewTransaction, created_at: i64) -> Result<(), DriveError> {
+    pub fn spawn_new(
+        self: &Arc<Self>,
+        new: &NewTransaction,
+        created_at: i64,
+    ) -> Result<(), DriveError> {
         let rows = new
             .ops
             .iter()
@@ -267,13 +271,15 @@ impl Driver {
             // makes that a no-op. Every change of direction, failure, wait or release is
             // written before anything else happens, and the lease must outlast the calls.
             let only_progress = !changed.is_empty()
-                && changed.iter().all(|&i| w.ops[i].status == OpStatus::Succeeded)
+                && changed
+                    .iter()
+                    .all(|&i| w.ops[i].status == OpStatus::Succeeded)
                 && !status_changed
                 && !attention_changed
                 && !plan.calls.is_empty()
                 && w.lease_deadline - now > self.lease_for(w) / 2;
-            let must_write =
-                (status_changed || attention_changed || !changed.is_empty() || !keep) && !only_progress;
+            let must_write = (status_changed || attention_changed || !changed.is_empty() || !keep)
+                && !only_progress;
             if must_write {
                 let progress = Progress {
                     status: plan.status,

@@ -256,14 +256,24 @@ impl Coordinator {
                 debug!(gid = %gid, steps = n, "saga submitted");
                 // Subscribed before the drive starts, so that its end cannot be missed.
                 let waiter = wait.then(|| self.driver.waiters.subscribe(&gid));
-                self.driver.spawn_new(&new, created_at).map_err(|e| ServiceError::Conflict(e.to_string()))?;
+                self.driver
+                    .spawn_new(&new, created_at)
+                    .map_err(|e| ServiceError::Conflict(e.to_string()))?;
                 match waiter {
-                    Some(rx) => Ok((gid.clone(), self.wait_on(&gid, rx, Some(GlobalStatus::Submitted)).await?)),
+                    Some(rx) => Ok((
+                        gid.clone(),
+                        self.wait_on(&gid, rx, Some(GlobalStatus::Submitted))
+                            .await?,
+                    )),
                     None => Ok((gid, GlobalStatus::Submitted)),
                 }
             }
             Inserted::Exists(row) if row.trans_type == TransType::Saga => {
-                let status = if wait && !row.status.is_final() { self.wait_final(&gid).await? } else { row.status };
+                let status = if wait && !row.status.is_final() {
+                    self.wait_final(&gid).await?
+                } else {
+                    row.status
+                };
                 Ok((gid, status))
             }
             Inserted::Exists(row) => Err(ServiceError::Conflict(format!(
@@ -382,7 +392,8 @@ impl Coordinator {
         wait: bool,
     ) -> Result<GlobalStatus, ServiceError> {
         let reason = reason.unwrap_or_else(|| "aborted by the initiator".into());
-        self.finish(gid, GlobalStatus::Aborting, Some(reason), wait).await
+        self.finish(gid, GlobalStatus::Aborting, Some(reason), wait)
+            .await
     }
 
     async fn finish(

@@ -9,6 +9,7 @@
 //! - a transaction and its branch ops are inserted in one database transaction, before the
 //!   submit is acknowledged and before any participant is called.
 
+pub mod group;
 pub mod postgres;
 mod sql;
 pub mod sqlite;
@@ -41,6 +42,9 @@ pub enum StoreError {
         /// What did not parse.
         detail: String,
     },
+    /// A batch this write was part of failed (group commit); nothing of it was written.
+    #[error("batched write failed: {0}")]
+    Batch(String),
     /// The database URL names no supported backend.
     #[error("unsupported database URL `{0}`: use sqlite://PATH or postgres://...")]
     UnsupportedUrl(String),
@@ -256,6 +260,19 @@ pub enum Saved {
     Conflict,
 }
 
+/// One save of a batch (see [`Store::write_batch`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SaveRequest {
+    /// The transaction.
+    pub gid: String,
+    /// The lease owner writing.
+    pub owner: String,
+    /// The version it read.
+    pub version: i64,
+    /// What to write.
+    pub progress: Progress,
+}
+
 /// Filter of a listing.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ListFilter {
@@ -304,6 +321,24 @@ pub trait Store: Send + Sync + 'static {
         version: i64,
         progress: &Progress,
     ) -> Result<Saved, StoreError>;
+    /// Writes several inserts and saves with as few commits as the backend allows (group
+    /// commit); each answer is the one [`Store::insert`] / [`Store::save`] would give.
+    /// The default writes them one by one.
+    async fn write_batch(
+        &self,
+        inserts: &[NewTransaction],
+        saves: &[SaveRequest],
+    ) -> Result<(Vec<Inserted>, Vec<Saved>), StoreError> {
+        let mut ins = Vec::with_capacity(inserts.len());
+        for tx in inserts {
+            ins.push(self.insert(tx).await?);
+        }
+        let mut sav = Vec::with_capacity(saves.len());
+        for s in saves {
+            sav.push(self.save(&s.gid, &s.owner, s.version, &s.progress).await?);
+        }
+        Ok((ins, sav))
+    }
     /// Takes the lease of up to `limit` transactions that are due and not leased.
     async fn claim_due(&self, lease: &Lease, limit: i64) -> Result<Vec<String>, StoreError>;
     /// Lists transactions, newest first.

@@ -92,13 +92,11 @@ macro_rules! sql_store {
             Ok(inserted)
         }
 
-        impl $store {
-            /// Inserts a transaction and its ops with one statement each, in one database
-            /// transaction (the portable way; a backend may do better).
-            #[allow(dead_code)]
-            async fn insert_multi(&self, tx: &$crate::store::NewTransaction) -> Result<$crate::store::Inserted, $crate::store::StoreError> {
+        /// Inserts a transaction and its ops with one statement each, inside the caller's
+        /// database transaction (the portable way; a backend may do better).
+        #[allow(dead_code)]
+        async fn insert_in(db: &mut <$db as sqlx::Database>::Connection, tx: &$crate::store::NewTransaction) -> Result<$crate::store::Inserted, $crate::store::StoreError> {
                 use $crate::store::Context;
-                let mut db = self.write.begin_with($begin).await.ctx("begin insert")?;
                 let created = sqlx::query(concat!(
                     "INSERT INTO dtx_global (gid, trans_type, status, options, created_at, updated_at, timeout_at, next_attempt_at, lease_owner, lease_until, version) VALUES ($1, $2, $3, $4, ",
                     $now, ", ", $now, ", ", $now, " + $5, ", $now, " + $6, $7, ", $now, " + $8, 1) ON CONFLICT (gid) DO NOTHING"
@@ -123,23 +121,21 @@ macro_rules! sql_store {
                         .ctx("read existing transaction")?;
                     return Ok($crate::store::Inserted::Exists(Box::new(global_from_row(&row)?)));
                 }
-                insert_ops(&mut db, &tx.gid, &tx.ops).await?;
-                db.commit().await.ctx("commit insert")?;
+                insert_ops(&mut *db, &tx.gid, &tx.ops).await?;
                 Ok($crate::store::Inserted::Created { version: 1 })
             }
 
-            /// Saves progress with one statement per changed row, in one database transaction
-            /// (the portable way; a backend may do better).
-            #[allow(dead_code)]
-            async fn save_multi(
-                &self,
+        /// Saves progress with one statement per changed row, inside the caller's database
+        /// transaction (the portable way; a backend may do better).
+        #[allow(dead_code)]
+        async fn save_in(
+                db: &mut <$db as sqlx::Database>::Connection,
                 gid: &str,
                 owner: &str,
                 version: i64,
                 p: &$crate::store::Progress,
             ) -> Result<$crate::store::Saved, $crate::store::StoreError> {
                 use $crate::store::Context;
-                let mut db = self.write.begin_with($begin).await.ctx("begin save")?;
                 let updated = sqlx::query(concat!(
                     "UPDATE dtx_global SET status = $1, needs_attention = $2, rollback_reason = COALESCE(rollback_reason, $3), ",
                     "next_attempt_at = $4, attempts = attempts + $5, version = version + 1, updated_at = ", $now, ", ",
@@ -197,11 +193,9 @@ macro_rules! sql_store {
                     });
                     qb.build().execute(&mut *db).await.ctx("record attempts")?;
                 }
-                db.commit().await.ctx("commit save")?;
                 Ok($crate::store::Saved::Ok(version + 1))
             }
 
-        }
 
         #[async_trait::async_trait]
         impl $crate::store::Store for $store {
@@ -308,6 +302,14 @@ macro_rules! sql_store {
                 p: &$crate::store::Progress,
             ) -> Result<$crate::store::Saved, $crate::store::StoreError> {
                 self.save_progress(gid, owner, version, p).await
+            }
+
+            async fn write_batch(
+                &self,
+                inserts: &[$crate::store::NewTransaction],
+                saves: &[$crate::store::SaveRequest],
+            ) -> Result<(Vec<$crate::store::Inserted>, Vec<$crate::store::Saved>), $crate::store::StoreError> {
+                self.write_batch_tx(inserts, saves).await
             }
 
             async fn claim_due(&self, lease: &$crate::store::Lease, limit: i64) -> Result<Vec<String>, $crate::store::StoreError> {

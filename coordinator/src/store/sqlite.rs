@@ -60,14 +60,57 @@ super::sql::sql_store! {
     migrations: super::sql::migrations(&[(1, "coordinator", include_str!("../../../migrations/sqlite/0001_coordinator.sql"))]),
 }
 
-// SQLite runs in-process: statements cost no round trip, so the portable multi-statement
-// writes are as good as it gets; the commit (fsync) is the cost.
+// SQLite runs in-process: statements cost no round trip, so the portable statement-per-row
+// writes are as good as it gets; the commit (an fsync) is the cost, which group commit
+// (`write_batch`) shares between many transactions.
 impl SqliteStore {
     async fn insert_tx(&self, tx: &super::NewTransaction) -> Result<super::Inserted, StoreError> {
-        self.insert_multi(tx).await
+        let mut db = self
+            .write
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .ctx("begin insert")?;
+        let inserted = insert_in(&mut db, tx).await?;
+        db.commit().await.ctx("commit insert")?;
+        Ok(inserted)
     }
 
-    async fn save_progress(&self, gid: &str, owner: &str, version: i64, p: &super::Progress) -> Result<super::Saved, StoreError> {
-        self.save_multi(gid, owner, version, p).await
+    async fn save_progress(
+        &self,
+        gid: &str,
+        owner: &str,
+        version: i64,
+        p: &super::Progress,
+    ) -> Result<super::Saved, StoreError> {
+        let mut db = self
+            .write
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .ctx("begin save")?;
+        let saved = save_in(&mut db, gid, owner, version, p).await?;
+        db.commit().await.ctx("commit save")?;
+        Ok(saved)
+    }
+
+    async fn write_batch_tx(
+        &self,
+        inserts: &[super::NewTransaction],
+        saves: &[super::SaveRequest],
+    ) -> Result<(Vec<super::Inserted>, Vec<super::Saved>), StoreError> {
+        let mut db = self
+            .write
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .ctx("begin batch")?;
+        let mut ins = Vec::with_capacity(inserts.len());
+        for tx in inserts {
+            ins.push(insert_in(&mut db, tx).await?);
+        }
+        let mut sav = Vec::with_capacity(saves.len());
+        for s in saves {
+            sav.push(save_in(&mut db, &s.gid, &s.owner, s.version, &s.progress).await?);
+        }
+        db.commit().await.ctx("commit batch")?;
+        Ok((ins, sav))
     }
 }
