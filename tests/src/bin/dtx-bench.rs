@@ -42,6 +42,55 @@ struct Args {
     /// Concurrency levels (one run each).
     #[arg(short = 'c', long, value_delimiter = ',', default_value = "32,1")]
     concurrency: Vec<usize>,
+    /// Seconds of pgbench per concurrency level for the PostgreSQL bound (0: skip).
+    #[arg(long, default_value_t = 10)]
+    pgbench_seconds: u32,
+}
+
+/// The database's own bound: pgbench doing what a naive coordinator writes per global
+/// transaction — one INSERT and one UPDATE of that row, each its own commit — on a fresh
+/// database of the same server. Returns transactions (script runs) per second.
+async fn pgbench_bound(clients: usize, seconds: u32) -> anyhow::Result<f64> {
+    let db = Backend::Postgres.fresh().await;
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&db.url).await?;
+    sqlx::raw_sql("CREATE TABLE bench (id BIGSERIAL PRIMARY KEY, v INT NOT NULL)")
+        .execute(&mut conn)
+        .await?;
+    let script = std::env::temp_dir().join(format!("dtx-pgbench-{}.sql", std::process::id()));
+    std::fs::write(
+        &script,
+        "INSERT INTO bench (v) VALUES (0) RETURNING id \\gset\nUPDATE bench SET v = v + 1 WHERE id = :id;\n",
+    )?;
+    let out = tokio::process::Command::new("pgbench")
+        .args([
+            "-n",
+            "-c",
+            &clients.to_string(),
+            "-j",
+            "2",
+            "-T",
+            &seconds.to_string(),
+            "-f",
+        ])
+        .arg(&script)
+        .arg(&db.url)
+        .output()
+        .await
+        .context("run pgbench (Debian package postgresql-client / postgresql-contrib)")?;
+    let _ = std::fs::remove_file(&script);
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("tps = ")
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+        })
+        .with_context(|| {
+            format!(
+                "no tps in pgbench output: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
 }
 
 type Counts = Arc<Mutex<HashMap<(String, String), u32>>>;
@@ -230,9 +279,21 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
+    // The PostgreSQL bound, measured in the same run on the same server.
+    let mut bound: HashMap<usize, f64> = HashMap::new();
+    if args.url.is_none() && args.stores.iter().any(|s| s == "postgres") && args.pgbench_seconds > 0
+    {
+        for &c in &args.concurrency {
+            let tps = pgbench_bound(c.max(1), args.pgbench_seconds).await?;
+            println!(
+                "pgbench (INSERT + UPDATE, each its own commit) at {c} clients: {tps:.0} tx/s"
+            );
+            bound.insert(c, tps);
+        }
+    }
     println!(
-        "{:<9} {:<4} {:>6} {:>4} {:>9} {:>9} {:>9}  calls",
-        "store", "load", "N", "C", "tx/s", "p50 ms", "p99 ms"
+        "{:<9} {:<4} {:>6} {:>4} {:>9} {:>9} {:>9}  {:<8} vs pgbench",
+        "store", "load", "N", "C", "tx/s", "p50 ms", "p99 ms", "calls"
     );
     let mut all_ok = true;
     for (store, _keep, url) in &targets {
@@ -256,8 +317,12 @@ async fn main() -> anyhow::Result<()> {
                 )
                 .await?;
                 all_ok &= r.verified;
+                let ratio = match bound.get(&c) {
+                    Some(b) if store == "postgres" => format!("{:.2}x", r.tps / b),
+                    _ => String::new(),
+                };
                 println!(
-                    "{:<9} {:<4} {:>6} {:>4} {:>9.0} {:>9.2} {:>9.2}  {}",
+                    "{:<9} {:<4} {:>6} {:>4} {:>9.0} {:>9.2} {:>9.2}  {:<8} {}",
                     store,
                     workload.to_uppercase(),
                     args.transactions,
@@ -265,7 +330,8 @@ async fn main() -> anyhow::Result<()> {
                     r.tps,
                     r.p50.as_secs_f64() * 1e3,
                     r.p99.as_secs_f64() * 1e3,
-                    if r.verified { "exact" } else { "MISMATCH" }
+                    if r.verified { "exact" } else { "MISMATCH" },
+                    ratio
                 );
             }
         }
