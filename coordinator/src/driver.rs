@@ -270,6 +270,7 @@ impl Driver {
             // process dies, the next owner calls the succeeded ops again and the barrier
             // makes that a no-op. Every change of direction, failure, wait or release is
             // written before anything else happens, and the lease must outlast the calls.
+            let lease_short = keep && w.lease_deadline - now < self.lease_for(w) / 2;
             let only_progress = !changed.is_empty()
                 && changed
                     .iter()
@@ -277,9 +278,13 @@ impl Driver {
                 && !status_changed
                 && !attention_changed
                 && !plan.calls.is_empty()
-                && w.lease_deadline - now > self.lease_for(w) / 2;
-            let must_write = (status_changed || attention_changed || !changed.is_empty() || !keep)
-                && !only_progress;
+                && !lease_short;
+            // A lease about to run out is extended by a write before calls that could
+            // outlast it (a claim takes the configured lease, which a long request timeout
+            // may exceed).
+            let must_write = lease_short
+                || ((status_changed || attention_changed || !changed.is_empty() || !keep)
+                    && !only_progress);
             if must_write {
                 let progress = Progress {
                     status: plan.status,
@@ -360,18 +365,23 @@ impl Driver {
     /// The lease to take on a write: it must outlast what may come before the next write
     /// (the slowest call, or an inline sleep), plus a margin.
     fn lease_for(&self, w: &Working) -> i64 {
-        let slowest = w
-            .rows
-            .iter()
-            .map(|r| {
-                r.request_timeout_ms
-                    .unwrap_or(w.tx.policy.request_timeout_ms as i64)
-            })
-            .max()
-            .unwrap_or(0);
+        self.lease_covering(
+            w.rows
+                .iter()
+                .map(|r| {
+                    r.request_timeout_ms
+                        .unwrap_or(w.tx.policy.request_timeout_ms as i64)
+                })
+                .max()
+                .unwrap_or(0),
+        )
+    }
+
+    /// A lease long enough for calls of up to `slowest_call_ms`.
+    pub fn lease_covering(&self, slowest_call_ms: i64) -> i64 {
         self.config
             .lease_ms
-            .max(slowest + self.config.inline_wait_ms + 5_000)
+            .max(slowest_call_ms.max(self.config.inline_wait_ms) + 1_000)
     }
 
     async fn call_all(&self, w: &Working, calls: &[usize]) -> Vec<(usize, Outcome, i64, i64)> {

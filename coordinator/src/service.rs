@@ -51,8 +51,9 @@ pub enum ServiceError {
     /// The transaction's state does not allow the operation.
     #[error("{0}")]
     Conflict(String),
-    /// The store is unavailable; nothing was accepted.
-    #[error("storage unavailable, nothing was accepted: {0}")]
+    /// The store is unavailable; the request was most likely not stored (retry it with the
+    /// same gid: repeats are idempotent).
+    #[error("storage unavailable; retry with the same gid: {0}")]
     Store(#[from] StoreError),
 }
 
@@ -150,10 +151,12 @@ impl Coordinator {
         uuid::Uuid::now_v7().to_string()
     }
 
-    fn lease(&self) -> Lease {
+    /// The lease the accepting process takes: long enough for the transaction's slowest
+    /// call, so that nobody else claims it while that call is in flight.
+    fn lease(&self, slowest_call_ms: u64) -> Lease {
         Lease {
             owner: self.driver.owner().to_owned(),
-            ms: self.driver.lease_ms(),
+            ms: self.driver.lease_covering(slowest_call_ms as i64),
         }
     }
 
@@ -240,6 +243,16 @@ impl Coordinator {
             None
         };
         let options = self.stored_options(&spec.options, saga_after, spec.custom_data)?;
+        let default_timeout = spec
+            .options
+            .request_timeout_ms
+            .unwrap_or(self.config.defaults.request_timeout_ms);
+        let slowest = spec
+            .steps
+            .iter()
+            .map(|s| s.request_timeout_ms.unwrap_or(default_timeout))
+            .max()
+            .unwrap_or(0);
         let new = NewTransaction {
             gid: gid.clone(),
             trans_type: TransType::Saga,
@@ -247,7 +260,7 @@ impl Coordinator {
             options,
             timeout_ms: spec.options.timeout_to_fail_ms.map(|t| t as i64),
             first_look_ms: 0,
-            lease: Some(self.lease()),
+            lease: Some(self.lease(slowest)),
             ops,
         };
         let created_at = self.driver.now();
@@ -435,7 +448,12 @@ impl Coordinator {
                             gid,
                             GlobalStatus::Prepared,
                             to,
-                            &self.lease(),
+                            &self.lease(
+                                serde_json::from_str::<StoredOptions>(&row.options)
+                                    .map_or(self.config.defaults.request_timeout_ms, |o| {
+                                        o.policy.request_timeout_ms
+                                    }),
+                            ),
                             reason.as_deref(),
                         )
                         .await?

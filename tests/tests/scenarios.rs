@@ -504,11 +504,10 @@ async fn coordinator_restart_resumes_from_the_database(backend: Backend) {
     w.coord.restart().await;
     let tx = final_state(&w, &gid).await;
     assert_eq!(tx.status, GlobalStatus::Succeeded);
-    assert_eq!(
-        w.p.count("order/action", &gid),
-        1,
-        "step 1 was recorded as done before the kill"
-    );
+    // Step 1's success may ride with the next write (forward progress is not written on
+    // its own), so the new owner may call it once more; the barrier makes that a no-op.
+    let step1 = w.p.count("order/action", &gid);
+    assert!((1..=2).contains(&step1), "step 1 called {step1} times");
     assert_eq!(
         w.p.count("stock/action", &gid),
         2,
