@@ -12,6 +12,8 @@ pub enum Backend {
     Sqlite,
     /// A new database on the server named by `DTX_TEST_POSTGRES_URL`.
     Postgres,
+    /// A new database on the server named by `DTX_TEST_MYSQL_URL` (MySQL 8 / MariaDB 10.6+).
+    Mysql,
 }
 
 /// A database made for one test. SQLite files are deleted on drop; PostgreSQL databases
@@ -36,6 +38,16 @@ impl Database {
     pub async fn attempts(&self, gid: &str) -> Vec<(String, String, String)> {
         const SQL: &str =
             "SELECT branch_id, op, outcome FROM dtx_attempt WHERE gid = $1 ORDER BY id";
+        if self.url.starts_with("mysql:") {
+            let mut c = sqlx::MySqlConnection::connect(&self.url)
+                .await
+                .expect("connect MySQL");
+            return sqlx::query_as(sqlx::AssertSqlSafe(SQL.replace("$1", "?")))
+                .bind(gid)
+                .fetch_all(&mut c)
+                .await
+                .expect("read dtx_attempt");
+        }
         if self.dir.is_some() {
             let mut c = sqlx::SqliteConnection::connect(&self.url)
                 .await
@@ -150,8 +162,8 @@ fn fastrand_u32() -> u32 {
 }
 
 impl Backend {
-    /// Both backends, for parametrised scenarios.
-    pub const ALL: [Backend; 2] = [Backend::Sqlite, Backend::Postgres];
+    /// Every backend, for parametrised scenarios.
+    pub const ALL: [Backend; 3] = [Backend::Sqlite, Backend::Postgres, Backend::Mysql];
 
     /// A new, empty database.
     pub async fn fresh(self) -> Database {
@@ -182,6 +194,11 @@ impl Backend {
                     url: format!("{base}/{name}"),
                     dir: None,
                 }
+            }
+            Backend::Mysql => {
+                let (pool, db) = fresh_mysql_pool().await;
+                pool.close().await;
+                db
             }
         }
     }

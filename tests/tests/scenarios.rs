@@ -582,6 +582,10 @@ macro_rules! on_every_store {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() { super::$name(dtx_tests::Backend::Postgres).await }) +
         }
+        mod mysql {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(dtx_tests::Backend::Mysql).await }) +
+        }
     };
 }
 

@@ -1,6 +1,6 @@
 //! Durable storage of global transactions, behind one trait with one implementation per
-//! backend: [`sqlite`] (the embedded default) and [`postgres`] (production; several
-//! coordinators may share it).
+//! backend: [`sqlite`] (the embedded default), [`postgres`] (production; several
+//! coordinators may share it) and [`mysql`] (MySQL 8 / MariaDB 10.6+).
 //!
 //! Rules every backend keeps (DESIGN §6):
 //! - every state change by a driver is a compare-and-swap on `version` *and* on the lease
@@ -10,6 +10,7 @@
 //!   submit is acknowledged and before any participant is called.
 
 pub mod group;
+pub mod mysql;
 pub mod postgres;
 mod sql;
 pub mod sqlite;
@@ -46,7 +47,7 @@ pub enum StoreError {
     #[error("batched write failed: {0}")]
     Batch(String),
     /// The database URL names no supported backend.
-    #[error("unsupported database URL `{0}`: use sqlite://PATH or postgres://...")]
+    #[error("unsupported database URL `{0}`: use sqlite://PATH, postgres://... or mysql://...")]
     UnsupportedUrl(String),
 }
 
@@ -353,6 +354,11 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<Arc<dyn Store>, 
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
         Ok(Arc::new(
             postgres::PgStore::connect(url, max_connections).await?,
+        ))
+    } else if url.starts_with("mysql:") || url.starts_with("mariadb:") {
+        let url = url.replacen("mariadb:", "mysql:", 1);
+        Ok(Arc::new(
+            mysql::MySqlStore::connect(&url, max_connections).await?,
         ))
     } else {
         Err(StoreError::UnsupportedUrl(url.to_owned()))

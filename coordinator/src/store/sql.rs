@@ -4,18 +4,12 @@
 //! (the clock expression, how a writer transaction begins, how due work is claimed) is
 //! passed in by the backend module.
 
-/// Implements [`super::Store`] for a backend struct with `read` and `write` pools.
-macro_rules! sql_store {
-    (
-        store: $store:ty,
-        db: $db:ty,
-        backend: $backend:literal,
-        now: $now:literal,
-        begin: $begin:literal,
-        claim: $claim:expr,
-        migrations: $migrations:expr $(,)?
-    ) => {
-        fn global_from_row(row: &<$db as sqlx::Database>::Row) -> Result<$crate::store::GlobalRow, $crate::store::StoreError> {
+/// Decoders of `dtx_global` and `dtx_branch` rows, the same text for every backend.
+macro_rules! row_decoders {
+    ($db:ty) => {
+        fn global_from_row(
+            row: &<$db as sqlx::Database>::Row,
+        ) -> Result<$crate::store::GlobalRow, $crate::store::StoreError> {
             use sqlx::Row;
             use $crate::store::Context;
             let gid: String = row.try_get("gid").ctx("decode dtx_global")?;
@@ -40,7 +34,10 @@ macro_rules! sql_store {
             })
         }
 
-        fn op_from_row(gid: &str, row: &<$db as sqlx::Database>::Row) -> Result<$crate::store::OpRow, $crate::store::StoreError> {
+        fn op_from_row(
+            gid: &str,
+            row: &<$db as sqlx::Database>::Row,
+        ) -> Result<$crate::store::OpRow, $crate::store::StoreError> {
             use sqlx::Row;
             use $crate::store::Context;
             let op: String = row.try_get("op").ctx("decode dtx_branch")?;
@@ -60,6 +57,23 @@ macro_rules! sql_store {
                 updated_at: row.try_get("updated_at").ctx("decode dtx_branch")?,
             })
         }
+    };
+}
+
+pub(crate) use row_decoders;
+
+/// Implements [`super::Store`] for a backend struct with `read` and `write` pools.
+macro_rules! sql_store {
+    (
+        store: $store:ty,
+        db: $db:ty,
+        backend: $backend:literal,
+        now: $now:literal,
+        begin: $begin:literal,
+        claim: $claim:expr,
+        migrations: $migrations:expr $(,)?
+    ) => {
+        $crate::store::sql::row_decoders!($db);
 
         async fn insert_ops(
             conn: &mut <$db as sqlx::Database>::Connection,

@@ -30,7 +30,7 @@ struct Args {
     /// Use a coordinator that is already running (else one is started per store).
     #[arg(long)]
     url: Option<String>,
-    /// Stores to start coordinators on: sqlite, postgres (PostgreSQL via DTX_TEST_POSTGRES_URL).
+    /// Stores to start coordinators on: sqlite, postgres, mysql (servers via DTX_TEST_POSTGRES_URL, DTX_TEST_MYSQL_URL).
     #[arg(long, value_delimiter = ',', default_value = "sqlite,postgres")]
     stores: Vec<String>,
     /// Workloads: w1, w2.
@@ -270,7 +270,8 @@ async fn main() -> anyhow::Result<()> {
             let backend = match store.as_str() {
                 "sqlite" => Backend::Sqlite,
                 "postgres" => Backend::Postgres,
-                other => bail!("unknown store `{other}` (sqlite, postgres)"),
+                "mysql" => Backend::Mysql,
+                other => bail!("unknown store `{other}` (sqlite, postgres, mysql)"),
             };
             let db = backend.fresh().await;
             let coord = CoordinatorProc::start(&db.url, &[]).await;
