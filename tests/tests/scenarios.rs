@@ -285,7 +285,8 @@ async fn register(w: &World, gid: &str, branch: &str, name: &str) {
 async fn tcc_phase_one(w: &World, gid: &str, names: &[&str]) -> bool {
     let http = reqwest::Client::new();
     for (i, name) in names.iter().enumerate() {
-        let branch = format!("{:02}", i + 1);
+        // Ids that sort against registration order: the order must come from registration.
+        let branch = format!("b{}", 9 - i);
         register(w, gid, &branch, name).await;
         let res = http
             .post(w.p.url(&format!("{name}/try")))

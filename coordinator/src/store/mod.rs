@@ -302,7 +302,8 @@ pub trait Store: Send + Sync + 'static {
     async fn insert(&self, tx: &NewTransaction) -> Result<Inserted, StoreError>;
     /// Reads a transaction and its ops (ordered by seq, branch, op).
     async fn load(&self, gid: &str) -> Result<Option<(GlobalRow, Vec<OpRow>)>, StoreError>;
-    /// Adds branch ops to a transaction that is still `prepared`.
+    /// Adds the ops of one branch to a transaction that is still `prepared`; they get the
+    /// next registration order (`seq`), whatever the ops say.
     async fn add_ops(&self, gid: &str, ops: &[NewOp]) -> Result<Added, StoreError>;
     /// Moves a transaction from `from` to `to` (initiator's submit/abort), taking the lease
     /// for `lease`. Returns the new version, or `None` if it was not in `from`.

@@ -267,7 +267,21 @@ impl super::Store for MySqlStore {
             .fetch_one(&mut *db)
             .await
             .ctx("count branch ops")?;
-        insert_ops(&mut db, gid, ops).await?;
+        // Registration order, assigned under the row lock taken above: TCC cancels run in
+        // reverse of it.
+        let next: i64 = sqlx::query_scalar(
+            "SELECT CAST(COALESCE(MAX(seq) + 1, 0) AS SIGNED) FROM dtx_branch WHERE gid = ?",
+        )
+        .bind(gid)
+        .fetch_one(&mut *db)
+        .await
+        .ctx("next branch seq")?;
+        let ops: Vec<NewOp> = ops
+            .iter()
+            .cloned()
+            .map(|o| NewOp { seq: next, ..o })
+            .collect();
+        insert_ops(&mut db, gid, &ops).await?;
         let after: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM dtx_branch WHERE gid = ?")
             .bind(gid)
             .fetch_one(&mut *db)

@@ -278,7 +278,15 @@ macro_rules! sql_store {
                         Some(s) => $crate::store::Added::NotPrepared($crate::store::parse(gid, &s)?),
                     });
                 }
-                let added = insert_ops(&mut db, gid, ops).await?;
+                // Registration order, assigned under the row lock taken above: TCC cancels
+                // run in reverse of it.
+                let next: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq) + 1, 0) FROM dtx_branch WHERE gid = $1")
+                    .bind(gid)
+                    .fetch_one(&mut *db)
+                    .await
+                    .ctx("next branch seq")?;
+                let ops: Vec<$crate::store::NewOp> = ops.iter().cloned().map(|o| $crate::store::NewOp { seq: next, ..o }).collect();
+                let added = insert_ops(&mut db, gid, &ops).await?;
                 db.commit().await.ctx("commit register branch")?;
                 Ok($crate::store::Added::Added(added))
             }
