@@ -105,6 +105,8 @@ pub struct BranchSpec {
     pub confirm: String,
     /// Cancel URL (empty: nothing to cancel).
     pub cancel: String,
+    /// XA: the phase-2 URL, called with `op=commit` or `op=rollback`.
+    pub url: String,
     /// Body for confirm and cancel.
     pub payload: Vec<u8>,
 }
@@ -304,11 +306,11 @@ impl Coordinator {
         o: &TxOptions,
         custom_data: Option<String>,
     ) -> Result<(String, GlobalStatus), ServiceError> {
-        if trans_type != TransType::Tcc {
+        if !matches!(trans_type, TransType::Tcc | TransType::Xa) {
             return Err(invalid(
                 "trans_type",
                 format!(
-                    "prepare is for tcc transactions (got {trans_type}); submit a saga directly"
+                    "prepare is for tcc and xa transactions (got {trans_type}); submit a saga directly"
                 ),
             ));
         }
@@ -348,11 +350,25 @@ impl Coordinator {
     pub async fn register_branch(&self, gid: &str, b: BranchSpec) -> Result<(), ServiceError> {
         dtx::validate_gid(gid).map_err(|m| invalid("gid", m))?;
         dtx::validate_branch_id(&b.branch_id).map_err(|m| invalid("branch_id", m))?;
+        let Some((row, existing)) = self.store.load(gid).await? else {
+            return Err(ServiceError::NotFound(gid.to_owned()));
+        };
+        // TCC branches name their confirm and cancel; an XA branch names one phase-2 URL
+        // that gets both `commit` and `rollback`.
+        let targets: Vec<(Op, &str, &String)> = match row.trans_type {
+            TransType::Xa => {
+                if b.url.is_empty() {
+                    return Err(invalid("url", "an xa branch needs its phase-2 url"));
+                }
+                vec![(Op::Commit, "url", &b.url), (Op::Rollback, "url", &b.url)]
+            }
+            _ => vec![
+                (Op::Confirm, "confirm", &b.confirm),
+                (Op::Cancel, "cancel", &b.cancel),
+            ],
+        };
         let mut ops = Vec::new();
-        for (op, field, url) in [
-            (Op::Confirm, "confirm", &b.confirm),
-            (Op::Cancel, "cancel", &b.cancel),
-        ] {
+        for (op, field, url) in targets {
             if url.is_empty() {
                 continue;
             }
@@ -367,12 +383,7 @@ impl Coordinator {
                 request_timeout_ms: None,
             });
         }
-        let count = self
-            .store
-            .load(gid)
-            .await?
-            .map(|(_, ops)| ops.len())
-            .unwrap_or(0);
+        let count = existing.len();
         if count + ops.len() > 2 * self.config.max_branches {
             return Err(invalid(
                 "branch_id",
@@ -441,7 +452,7 @@ impl Coordinator {
                 "abort"
             };
             match (row.trans_type, row.status, to) {
-                (TransType::Tcc, GlobalStatus::Prepared, _) => {
+                (TransType::Tcc | TransType::Xa, GlobalStatus::Prepared, _) => {
                     if let Some(_version) = self
                         .store
                         .transition(
@@ -469,12 +480,12 @@ impl Coordinator {
                     // Moved under us (timeout or a concurrent call): decide on fresh state.
                 }
                 (
-                    TransType::Tcc,
+                    TransType::Tcc | TransType::Xa,
                     GlobalStatus::Submitted | GlobalStatus::Succeeded,
                     GlobalStatus::Submitted,
                 )
                 | (
-                    TransType::Tcc,
+                    TransType::Tcc | TransType::Xa,
                     GlobalStatus::Aborting | GlobalStatus::Failed,
                     GlobalStatus::Aborting,
                 ) => return Ok(Moved::Already(row.status)),

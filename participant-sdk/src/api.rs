@@ -82,7 +82,7 @@ pub struct SubmitSaga {
     pub wait_result: bool,
 }
 
-/// `POST /api/v1/tcc`: prepare a TCC transaction.
+/// `POST /api/v1/tcc` and `POST /api/v1/xa`: prepare a TCC or XA transaction.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PrepareTcc {
@@ -94,16 +94,23 @@ pub struct PrepareTcc {
     pub options: TxOptions,
 }
 
-/// `POST /api/v1/transactions/{gid}/branches`: register a TCC branch before calling its try.
+/// `POST /api/v1/transactions/{gid}/branches`: register a TCC branch before calling its
+/// try (`confirm` and `cancel`), or an XA branch once its local transaction is prepared
+/// (`url`, called with `op=commit` or `op=rollback`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterBranch {
     /// The branch id (`01`, `02`, ...), unique within the transaction.
     pub branch_id: String,
-    /// URL of the confirm op.
+    /// TCC: URL of the confirm op.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub confirm: String,
-    /// URL of the cancel op.
+    /// TCC: URL of the cancel op.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub cancel: String,
+    /// XA: URL of phase 2.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub url: String,
     /// JSON body sent to confirm and cancel.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload: Option<serde_json::Value>,

@@ -110,7 +110,12 @@ impl Client {
         self.post("/api/v1/tcc", prepare).await
     }
 
-    /// Registers a TCC branch (call before the branch's try).
+    /// Prepares an XA transaction.
+    pub async fn prepare_xa(&self, prepare: &PrepareTcc) -> Result<Accepted, ClientError> {
+        self.post("/api/v1/xa", prepare).await
+    }
+
+    /// Registers a TCC branch (call before the branch's try) or an XA branch.
     pub async fn register_branch(
         &self,
         gid: &str,

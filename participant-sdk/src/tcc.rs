@@ -178,6 +178,7 @@ impl Tcc {
             confirm: confirm_url.to_owned(),
             cancel: cancel_url.to_owned(),
             payload: Some(payload.clone()),
+            ..RegisterBranch::default()
         };
         self.client.register_branch(&self.gid, &register).await?;
         let sent = self

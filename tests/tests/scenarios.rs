@@ -277,6 +277,7 @@ async fn register(w: &World, gid: &str, branch: &str, name: &str) {
         confirm: w.p.url(&format!("{name}/confirm")),
         cancel: w.p.url(&format!("{name}/cancel")),
         payload: Some(json!({ "account": name })),
+        ..Default::default()
     };
     w.coord.client().register_branch(gid, &r).await.unwrap();
 }
@@ -346,7 +347,7 @@ async fn tcc_success(backend: Backend) {
         branch_id: "03".into(),
         confirm: w.p.url("x/confirm"),
         cancel: w.p.url("x/cancel"),
-        payload: None,
+        ..Default::default()
     };
     assert_eq!(
         client

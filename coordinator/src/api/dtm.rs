@@ -216,17 +216,18 @@ struct DtmBranch {
     data: String,
     confirm: String,
     cancel: String,
+    url: String,
 }
 
 async fn register_branch(
     State(c): State<Arc<Coordinator>>,
     ApiJson(b): ApiJson<DtmBranch>,
 ) -> Result<Json<Value>, ApiError> {
-    if !b.trans_type.is_empty() && b.trans_type != "tcc" {
+    if !b.trans_type.is_empty() && b.trans_type != "tcc" && b.trans_type != "xa" {
         return Err(dtm_err(ServiceError::Invalid {
             field: "trans_type".into(),
             message: format!(
-                "registerBranch supports tcc branches, not `{}`",
+                "registerBranch supports tcc and xa branches, not `{}`",
                 b.trans_type
             ),
         }));
@@ -235,6 +236,7 @@ async fn register_branch(
         branch_id: b.branch_id,
         confirm: b.confirm,
         cancel: b.cancel,
+        url: b.url,
         payload: b.data.into_bytes(),
     };
     c.register_branch(&b.gid, spec).await.map_err(dtm_err)?;

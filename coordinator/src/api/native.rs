@@ -25,6 +25,7 @@ pub fn router() -> Router<Arc<Coordinator>> {
         .route("/gids", post(new_gid))
         .route("/sagas", post(submit_saga))
         .route("/tcc", post(prepare_tcc))
+        .route("/xa", post(prepare_xa))
         .route("/transactions", get(list))
         .route("/transactions/{gid}", get(query))
         .route("/transactions/{gid}/branches", post(register_branch))
@@ -77,6 +78,16 @@ async fn prepare_tcc(
     Ok(Json(Accepted { gid, status }))
 }
 
+async fn prepare_xa(
+    State(c): State<Arc<Coordinator>>,
+    ApiJson(req): ApiJson<PrepareTcc>,
+) -> Result<Json<Accepted>, ApiError> {
+    let (gid, status) = c
+        .prepare(req.gid, TransType::Xa, &req.options, None)
+        .await?;
+    Ok(Json(Accepted { gid, status }))
+}
+
 async fn register_branch(
     State(c): State<Arc<Coordinator>>,
     Path(gid): Path<String>,
@@ -86,6 +97,7 @@ async fn register_branch(
         branch_id: req.branch_id,
         confirm: req.confirm,
         cancel: req.cancel,
+        url: req.url,
         payload: payload_bytes(req.payload.as_ref()),
     };
     c.register_branch(&gid, spec).await?;

@@ -4,10 +4,11 @@
 //! driver ([`crate::driver`]) loads a transaction, asks [`plan`] what to do, calls the
 //! participants, folds the answers in with [`apply_outcome`], and persists the result.
 //!
-//! One mode per file: [`saga`] and [`tcc`], behind [`plan`].
+//! One mode per file: [`saga`], [`tcc`] and [`xa`], behind [`plan`].
 
 pub mod saga;
 pub mod tcc;
+pub mod xa;
 
 use dtx::{GlobalStatus, Op, OpStatus, TransType};
 use serde::{Deserialize, Serialize};
@@ -139,8 +140,9 @@ pub fn plan(tx: &TxState, ops: &[OpState], now: i64) -> Plan {
     let mut plan = match tx.trans_type {
         TransType::Saga => saga::plan(tx, ops, now),
         TransType::Tcc => tcc::plan(tx, ops, now),
-        // Modes without an engine yet are never created by the API.
-        TransType::Xa | TransType::Msg => Plan::stay(tx.status),
+        TransType::Xa => xa::plan(tx, ops, now),
+        // The msg mode has no engine yet; the API does not create it.
+        TransType::Msg => Plan::stay(tx.status),
     };
     enforce_budget(tx, ops, now, &mut plan);
     plan

@@ -94,6 +94,19 @@ impl Sim {
         Self::new(TransType::Tcc, GlobalStatus::Prepared, ops, None)
     }
 
+    pub fn xa(n: usize) -> Self {
+        let ops = (0..n)
+            .flat_map(|b| {
+                let id = format!("{:02}", b + 1);
+                [
+                    OpState::new(id.clone(), Op::Commit, b as u32),
+                    OpState::new(id, Op::Rollback, b as u32),
+                ]
+            })
+            .collect();
+        Self::new(TransType::Xa, GlobalStatus::Prepared, ops, None)
+    }
+
     /// Runs until a final state, an attention stop, or nothing left to wait for.
     pub fn run(&mut self, mut answer: impl FnMut(&OpState) -> Answer) -> GlobalStatus {
         for _ in 0..100_000 {
