@@ -27,6 +27,8 @@ mod result;
 mod saga;
 mod tcc;
 pub mod types;
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+pub mod xa;
 
 pub use client::{Client, ClientError};
 pub use context::BranchContext;

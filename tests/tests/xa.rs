@@ -1,0 +1,516 @@
+//! XA across PostgreSQL and MariaDB: transfers commit or roll back atomically, also when
+//! the coordinator dies between its decision and phase 2 and when a participant dies after
+//! PREPARE. At the end of every test `pg_prepared_xacts` and `XA RECOVER` hold nothing of ours.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::routing::post;
+use dtx::api::{Finish, PrepareTcc, TxOptions};
+use dtx::{BranchContext, BranchError, GlobalStatus};
+use dtx_tests::{Backend, CoordinatorProc, Database, eventually};
+use serde::Deserialize;
+use sqlx::{MySqlPool, PgPool};
+
+#[derive(Clone)]
+enum Pool {
+    Pg(PgPool),
+    My(MySqlPool),
+}
+
+impl Pool {
+    async fn setup(&self, account: &str, balance: i64) {
+        let ddl = "CREATE TABLE account (id VARCHAR(32) PRIMARY KEY, balance BIGINT NOT NULL)";
+        match self {
+            Pool::Pg(p) => {
+                dtx::barrier::migrate(p).await.unwrap();
+                sqlx::raw_sql(ddl).execute(p).await.unwrap();
+                sqlx::query("INSERT INTO account VALUES ($1, $2)")
+                    .bind(account)
+                    .bind(balance)
+                    .execute(p)
+                    .await
+                    .unwrap();
+            }
+            Pool::My(p) => {
+                dtx::barrier::migrate(p).await.unwrap();
+                sqlx::raw_sql(ddl).execute(p).await.unwrap();
+                sqlx::query("INSERT INTO account VALUES (?, ?)")
+                    .bind(account)
+                    .bind(balance)
+                    .execute(p)
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+
+    async fn balance(&self, account: &str) -> i64 {
+        match self {
+            Pool::Pg(p) => sqlx::query_scalar("SELECT balance FROM account WHERE id = $1")
+                .bind(account)
+                .fetch_one(p)
+                .await
+                .unwrap(),
+            Pool::My(p) => sqlx::query_scalar("SELECT balance FROM account WHERE id = ?")
+                .bind(account)
+                .fetch_one(p)
+                .await
+                .unwrap(),
+        }
+    }
+
+    async fn prepared(&self) -> Vec<String> {
+        match self {
+            Pool::Pg(p) => dtx::xa::postgres::prepared(p).await.unwrap(),
+            Pool::My(p) => dtx::xa::mysql::prepared(p).await.unwrap(),
+        }
+    }
+}
+
+struct Bank {
+    pool: Pool,
+    coordinator: String,
+    base: String,
+    /// Phase-2 calls hang (as if the participant were slow) while set.
+    slow_phase2: std::sync::atomic::AtomicBool,
+}
+
+#[derive(Deserialize)]
+struct Move {
+    account: String,
+    amount: i64,
+}
+
+/// Phase 1: move `amount` (negative: debit, refused below zero) in a prepared branch.
+async fn action(
+    State(bank): State<Arc<Bank>>,
+    ctx: BranchContext,
+    axum::Json(m): axum::Json<Move>,
+) -> Result<(), BranchError> {
+    let client = dtx::Client::new(&bank.coordinator);
+    let url = format!("{}/phase2", bank.base);
+    match &bank.pool {
+        Pool::Pg(p) => dtx::xa::postgres::prepare(
+            p,
+            &client,
+            &ctx,
+            &url,
+            async |c: &mut sqlx::PgConnection| {
+                let n = sqlx::query(
+                    "UPDATE account SET balance = balance + $1 WHERE id = $2 AND balance + $1 >= 0",
+                )
+                .bind(m.amount)
+                .bind(&m.account)
+                .execute(&mut *c)
+                .await
+                .map_err(|e| e.to_string())?
+                .rows_affected();
+                if n == 0 {
+                    Err("insufficient funds".to_string())
+                } else {
+                    Ok(())
+                }
+            },
+        )
+        .await?,
+        Pool::My(p) => dtx::xa::mysql::prepare(
+            p,
+            &client,
+            &ctx,
+            &url,
+            async |c: &mut sqlx::MySqlConnection| {
+                let n = sqlx::query(
+                    "UPDATE account SET balance = balance + ? WHERE id = ? AND balance + ? >= 0",
+                )
+                .bind(m.amount)
+                .bind(&m.account)
+                .bind(m.amount)
+                .execute(&mut *c)
+                .await
+                .map_err(|e| e.to_string())?
+                .rows_affected();
+                if n == 0 {
+                    Err("insufficient funds".to_string())
+                } else {
+                    Ok(())
+                }
+            },
+        )
+        .await?,
+    }
+    Ok(())
+}
+
+async fn phase2(State(bank): State<Arc<Bank>>, ctx: BranchContext) -> Result<(), BranchError> {
+    if bank.slow_phase2.load(std::sync::atomic::Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    }
+    match &bank.pool {
+        Pool::Pg(p) => dtx::xa::postgres::phase2(p, &ctx).await,
+        Pool::My(p) => dtx::xa::mysql::phase2(p, &ctx).await,
+    }
+}
+
+/// Serves a bank on `listener`; the task ends (the "process dies") when aborted.
+fn serve(bank: Arc<Bank>, listener: tokio::net::TcpListener) -> tokio::task::JoinHandle<()> {
+    let app = axum::Router::new()
+        .route("/action", post(action))
+        .route("/phase2", post(phase2).get(phase2))
+        .with_state(bank);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    })
+}
+
+async fn bank(
+    pool: Pool,
+    coordinator: &str,
+    account: &str,
+    balance: i64,
+) -> (Arc<Bank>, tokio::task::JoinHandle<()>) {
+    pool.setup(account, balance).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let bank = Arc::new(Bank {
+        pool,
+        coordinator: coordinator.to_owned(),
+        base,
+        slow_phase2: false.into(),
+    });
+    let task = serve(Arc::clone(&bank), listener);
+    (bank, task)
+}
+
+async fn pg() -> (Pool, Database) {
+    let (p, db) = dtx_tests::backend::fresh_pg_pool().await;
+    (Pool::Pg(p), db)
+}
+
+async fn my() -> (Pool, Database) {
+    let (p, db) = dtx_tests::backend::fresh_mysql_pool().await;
+    (Pool::My(p), db)
+}
+
+fn quick() -> TxOptions {
+    TxOptions {
+        retry_interval_ms: Some(50),
+        retry_cap_ms: Some(300),
+        request_timeout_ms: Some(1_000),
+        ..Default::default()
+    }
+}
+
+/// The initiator: prepare, call each branch's action (credit first), submit or abort.
+async fn transfer(coord: &CoordinatorProc, legs: &[(&Bank, &str, i64)]) -> (String, GlobalStatus) {
+    let client = coord.client();
+    let gid = client
+        .prepare_xa(&PrepareTcc {
+            gid: None,
+            options: quick(),
+        })
+        .await
+        .unwrap()
+        .gid;
+    let http = reqwest::Client::new();
+    let mut ok = true;
+    for (i, (bank, account, amount)) in legs.iter().enumerate() {
+        let res = http
+            .post(format!("{}/action", bank.base))
+            .query(&[
+                ("gid", gid.as_str()),
+                ("trans_type", "xa"),
+                ("branch_id", &format!("{:02}", i + 1)),
+                ("op", "action"),
+            ])
+            .json(&serde_json::json!({"account": account, "amount": amount}))
+            .send()
+            .await
+            .unwrap();
+        if !res.status().is_success() {
+            ok = false;
+            break;
+        }
+    }
+    let wait = Finish {
+        wait_result: true,
+        reason: None,
+    };
+    let status = if ok {
+        client.submit(&gid, &wait).await.unwrap().status
+    } else {
+        client.abort(&gid, &wait).await.unwrap().status
+    };
+    (gid, status)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfers_between_two_postgres_databases() {
+    let cdb = Backend::Sqlite.fresh().await;
+    let coord = CoordinatorProc::start(&cdb.url, &[]).await;
+    let ((pa, _da), (pb, _db)) = (pg().await, pg().await);
+    let (a, _ta) = bank(pa.clone(), &coord.url, "alice", 100).await;
+    let (b, _tb) = bank(pb.clone(), &coord.url, "bob", 0).await;
+    let (_, s) = transfer(&coord, &[(&b, "bob", 30), (&a, "alice", -30)]).await;
+    assert_eq!(s, GlobalStatus::Succeeded);
+    let (_, s) = transfer(&coord, &[(&b, "bob", 500), (&a, "alice", -500)]).await;
+    assert_eq!(
+        s,
+        GlobalStatus::Failed,
+        "alice cannot pay 500: bob's prepared credit is rolled back"
+    );
+    assert_eq!(
+        (pa.balance("alice").await, pb.balance("bob").await),
+        (70, 30)
+    );
+    assert!(pa.prepared().await.is_empty() && pb.prepared().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfers_between_postgres_and_mariadb() {
+    let cdb = Backend::Sqlite.fresh().await;
+    let coord = CoordinatorProc::start(&cdb.url, &[]).await;
+    let ((pa, _da), (pb, _db)) = (pg().await, my().await);
+    let (a, _ta) = bank(pa.clone(), &coord.url, "alice", 100).await;
+    let (b, _tb) = bank(pb.clone(), &coord.url, "bob", 0).await;
+    let (_, s) = transfer(&coord, &[(&b, "bob", 30), (&a, "alice", -30)]).await;
+    assert_eq!(s, GlobalStatus::Succeeded);
+    let (_, s) = transfer(&coord, &[(&b, "bob", 500), (&a, "alice", -500)]).await;
+    assert_eq!(s, GlobalStatus::Failed);
+    assert_eq!(
+        (pa.balance("alice").await, pb.balance("bob").await),
+        (70, 30)
+    );
+    assert!(pa.prepared().await.is_empty(), "{:?}", pa.prepared().await);
+    assert!(
+        pb.prepared().await.is_empty(),
+        "XA RECOVER: {:?}",
+        pb.prepared().await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_dead_after_prepare_finishes_after_restart() {
+    let cdb = Backend::Sqlite.fresh().await;
+    let coord = CoordinatorProc::start(&cdb.url, &[]).await;
+    let ((pa, _da), (pb, _db)) = (pg().await, my().await);
+    let (a, ta) = bank(pa.clone(), &coord.url, "alice", 100).await;
+    let (b, _tb) = bank(pb.clone(), &coord.url, "bob", 0).await;
+    let client = coord.client();
+    let gid = client
+        .prepare_xa(&PrepareTcc {
+            gid: None,
+            options: quick(),
+        })
+        .await
+        .unwrap()
+        .gid;
+    let http = reqwest::Client::new();
+    for (i, (bank, account, amount)) in [(&b, "bob", 30i64), (&a, "alice", -30)].iter().enumerate()
+    {
+        let res = http
+            .post(format!("{}/action", bank.base))
+            .query(&[
+                ("gid", gid.as_str()),
+                ("trans_type", "xa"),
+                ("branch_id", &format!("{:02}", i + 1)),
+                ("op", "action"),
+            ])
+            .json(&serde_json::json!({"account": account, "amount": amount}))
+            .send()
+            .await
+            .unwrap();
+        assert!(res.status().is_success());
+    }
+    // Bank A dies with its branch prepared; the initiator commits; phase 2 cannot reach A.
+    ta.abort();
+    let _ = ta.await;
+    assert_eq!(pa.prepared().await.len(), 1);
+    client.submit(&gid, &Finish::default()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        client.query(&gid).await.unwrap().status,
+        GlobalStatus::Submitted,
+        "A is down: not final yet"
+    );
+    // A restarts on the same address and resolves what it left prepared.
+    let listener = tokio::net::TcpListener::bind(a.base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let _ta = serve(Arc::clone(&a), listener);
+    let Pool::Pg(pool) = &pa else { unreachable!() };
+    let resolved = dtx::xa::postgres::recover(pool, &client).await.unwrap();
+    assert_eq!(
+        resolved,
+        vec![dtx::xa::Resolution::Committed(dtx::xa::xid(&gid, "02"))]
+    );
+    let done = eventually(Duration::from_secs(20), "the transfer to finish", || {
+        let client = client.clone();
+        let gid = gid.clone();
+        async move {
+            client
+                .query(&gid)
+                .await
+                .ok()
+                .filter(|t| t.status.is_final())
+        }
+    })
+    .await;
+    assert_eq!(done.status, GlobalStatus::Succeeded);
+    assert_eq!(
+        (pa.balance("alice").await, pb.balance("bob").await),
+        (70, 30)
+    );
+    assert!(pa.prepared().await.is_empty() && pb.prepared().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_coordinator_dead_between_decision_and_phase_two_finishes_after_restart() {
+    let cdb = Backend::Postgres.fresh().await;
+    let mut coord = CoordinatorProc::start(&cdb.url, &[("DTX_LEASE_MS", "1000")]).await;
+    let ((pa, _da), (pb, _db)) = (pg().await, pg().await);
+    let (a, _ta) = bank(pa.clone(), &coord.url, "alice", 100).await;
+    let (b, _tb) = bank(pb.clone(), &coord.url, "bob", 0).await;
+    let client = coord.client();
+    let gid = client
+        .prepare_xa(&PrepareTcc {
+            gid: None,
+            options: quick(),
+        })
+        .await
+        .unwrap()
+        .gid;
+    let http = reqwest::Client::new();
+    for (i, (bank, account, amount)) in [(&b, "bob", 30i64), (&a, "alice", -30)].iter().enumerate()
+    {
+        let res = http
+            .post(format!("{}/action", bank.base))
+            .query(&[
+                ("gid", gid.as_str()),
+                ("trans_type", "xa"),
+                ("branch_id", &format!("{:02}", i + 1)),
+                ("op", "action"),
+            ])
+            .json(&serde_json::json!({"account": account, "amount": amount}))
+            .send()
+            .await
+            .unwrap();
+        assert!(res.status().is_success());
+    }
+    // The decision is written by submit; phase 2 hangs at the participants; the
+    // coordinator dies there.
+    a.slow_phase2
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    b.slow_phase2
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    client.submit(&gid, &Finish::default()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    coord.kill();
+    assert_eq!(
+        (pa.prepared().await.len(), pb.prepared().await.len()),
+        (1, 1),
+        "phase 2 had not happened"
+    );
+    a.slow_phase2
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    b.slow_phase2
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    coord.restart().await;
+    let client = coord.client();
+    let done = eventually(
+        Duration::from_secs(20),
+        "phase 2 to finish after the restart",
+        || {
+            let client = client.clone();
+            let gid = gid.clone();
+            async move {
+                client
+                    .query(&gid)
+                    .await
+                    .ok()
+                    .filter(|t| t.status.is_final())
+            }
+        },
+    )
+    .await;
+    assert_eq!(done.status, GlobalStatus::Succeeded);
+    assert_eq!(
+        (pa.balance("alice").await, pb.balance("bob").await),
+        (70, 30)
+    );
+    assert!(pa.prepared().await.is_empty() && pb.prepared().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_before_the_prepare_refuses_the_late_prepare() {
+    let cdb = Backend::Sqlite.fresh().await;
+    let coord = CoordinatorProc::start(&cdb.url, &[]).await;
+    let client = coord.client();
+    for (pool, _db) in [pg().await, my().await] {
+        pool.setup("carol", 10).await;
+        let gid = client
+            .prepare_xa(&PrepareTcc {
+                gid: None,
+                options: quick(),
+            })
+            .await
+            .unwrap()
+            .gid;
+        let rollback = BranchContext::new(&gid, dtx::TransType::Xa, "01", dtx::Op::Rollback);
+        let action = BranchContext {
+            op: dtx::Op::Action,
+            ..rollback.clone()
+        };
+        let url = "http://127.0.0.1:9/phase2";
+        match &pool {
+            Pool::Pg(p) => {
+                dtx::xa::postgres::phase2(p, &rollback).await.unwrap();
+                let late = dtx::xa::postgres::prepare(
+                    p,
+                    &client,
+                    &action,
+                    url,
+                    async |c: &mut sqlx::PgConnection| {
+                        sqlx::query("UPDATE account SET balance = 0")
+                            .execute(&mut *c)
+                            .await
+                    },
+                )
+                .await;
+                assert!(
+                    matches!(late, Err(dtx::xa::XaError::RolledBack)),
+                    "{late:?}"
+                );
+            }
+            Pool::My(p) => {
+                dtx::xa::mysql::phase2(p, &rollback).await.unwrap();
+                let late = dtx::xa::mysql::prepare(
+                    p,
+                    &client,
+                    &action,
+                    url,
+                    async |c: &mut sqlx::MySqlConnection| {
+                        sqlx::query("UPDATE account SET balance = 0")
+                            .execute(&mut *c)
+                            .await
+                    },
+                )
+                .await;
+                assert!(
+                    matches!(late, Err(dtx::xa::XaError::RolledBack)),
+                    "{late:?}"
+                );
+            }
+        }
+        assert_eq!(
+            pool.balance("carol").await,
+            10,
+            "the late branch did nothing"
+        );
+        assert!(
+            pool.prepared().await.is_empty(),
+            "and left nothing prepared"
+        );
+    }
+}
