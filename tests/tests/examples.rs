@@ -45,3 +45,19 @@ async fn saga_order_compensates_a_refused_payment() {
     assert_eq!(report.stock, 8, "the refused order's stock was put back");
     assert_eq!(report.wallet, 60);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xa_transfer_commits_on_both_databases_and_rolls_back_a_refusal() {
+    let (_pg_pool, pg) = dtx_tests::backend::fresh_pg_pool().await;
+    let (_my_pool, my) = dtx_tests::backend::fresh_mysql_pool().await;
+    let report = xa_transfer::run(&pg.url, &my.url, None).await.unwrap();
+    assert_eq!(
+        (report.first, report.second),
+        (GlobalStatus::Succeeded, GlobalStatus::Failed)
+    );
+    assert_eq!((report.alice, report.bob), (70, 30));
+    assert_eq!(
+        report.left_prepared, 0,
+        "no prepared transaction outlives its global transaction"
+    );
+}

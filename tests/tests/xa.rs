@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::routing::post;
 use dtx::api::{Finish, PrepareTcc, TxOptions};
 use dtx::{BranchContext, BranchError, GlobalStatus};
@@ -92,13 +92,14 @@ async fn action(
     let client = dtx::Client::new(&bank.coordinator);
     let url = format!("{}/phase2", bank.base);
     match &bank.pool {
-        Pool::Pg(p) => dtx::xa::postgres::prepare(
-            p,
-            &client,
-            &ctx,
-            &url,
-            async |c: &mut sqlx::PgConnection| {
-                let n = sqlx::query(
+        Pool::Pg(p) => {
+            dtx::xa::postgres::prepare(
+                p,
+                &client,
+                &ctx,
+                &url,
+                async |c: &mut sqlx::PgConnection| {
+                    let n = sqlx::query(
                     "UPDATE account SET balance = balance + $1 WHERE id = $2 AND balance + $1 >= 0",
                 )
                 .bind(m.amount)
@@ -107,21 +108,23 @@ async fn action(
                 .await
                 .map_err(|e| e.to_string())?
                 .rows_affected();
-                if n == 0 {
-                    Err("insufficient funds".to_string())
-                } else {
-                    Ok(())
-                }
-            },
-        )
-        .await?,
-        Pool::My(p) => dtx::xa::mysql::prepare(
-            p,
-            &client,
-            &ctx,
-            &url,
-            async |c: &mut sqlx::MySqlConnection| {
-                let n = sqlx::query(
+                    if n == 0 {
+                        Err("insufficient funds".to_string())
+                    } else {
+                        Ok(())
+                    }
+                },
+            )
+            .await?
+        }
+        Pool::My(p) => {
+            dtx::xa::mysql::prepare(
+                p,
+                &client,
+                &ctx,
+                &url,
+                async |c: &mut sqlx::MySqlConnection| {
+                    let n = sqlx::query(
                     "UPDATE account SET balance = balance + ? WHERE id = ? AND balance + ? >= 0",
                 )
                 .bind(m.amount)
@@ -131,14 +134,15 @@ async fn action(
                 .await
                 .map_err(|e| e.to_string())?
                 .rows_affected();
-                if n == 0 {
-                    Err("insufficient funds".to_string())
-                } else {
-                    Ok(())
-                }
-            },
-        )
-        .await?,
+                    if n == 0 {
+                        Err("insufficient funds".to_string())
+                    } else {
+                        Ok(())
+                    }
+                },
+            )
+            .await?
+        }
     }
     Ok(())
 }
