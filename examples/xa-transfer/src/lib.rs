@@ -52,13 +52,14 @@ async fn action(
         }
     };
     match &bank.db {
-        Db::Pg(p) => dtx::xa::postgres::prepare(
-            p,
-            &client,
-            &ctx,
-            &bank.phase2_url,
-            async |c: &mut sqlx::PgConnection| {
-                let r = sqlx::query(
+        Db::Pg(p) => {
+            dtx::xa::postgres::prepare(
+                p,
+                &client,
+                &ctx,
+                &bank.phase2_url,
+                async |c: &mut sqlx::PgConnection| {
+                    let r = sqlx::query(
                     "UPDATE account SET balance = balance + $1 WHERE id = $2 AND balance + $1 >= 0",
                 )
                 .bind(leg.amount)
@@ -66,17 +67,19 @@ async fn action(
                 .execute(&mut *c)
                 .await
                 .map_err(|e| e.to_string())?;
-                refuse(r.rows_affected())
-            },
-        )
-        .await?,
-        Db::My(p) => dtx::xa::mysql::prepare(
-            p,
-            &client,
-            &ctx,
-            &bank.phase2_url,
-            async |c: &mut sqlx::MySqlConnection| {
-                let r = sqlx::query(
+                    refuse(r.rows_affected())
+                },
+            )
+            .await?
+        }
+        Db::My(p) => {
+            dtx::xa::mysql::prepare(
+                p,
+                &client,
+                &ctx,
+                &bank.phase2_url,
+                async |c: &mut sqlx::MySqlConnection| {
+                    let r = sqlx::query(
                     "UPDATE account SET balance = balance + ? WHERE id = ? AND balance + ? >= 0",
                 )
                 .bind(leg.amount)
@@ -85,10 +88,11 @@ async fn action(
                 .execute(&mut *c)
                 .await
                 .map_err(|e| e.to_string())?;
-                refuse(r.rows_affected())
-            },
-        )
-        .await?,
+                    refuse(r.rows_affected())
+                },
+            )
+            .await?
+        }
     }
     Ok(())
 }
