@@ -163,3 +163,34 @@ pub fn saga_router<P: SagaParticipant, S>(participant: P) -> Router<S> {
         )
         .with_state(p)
 }
+
+/// Mounts the phase 2 of XA branches prepared with [`crate::xa::postgres::prepare`] at
+/// `/phase2` (the coordinator calls it with `op=commit` or `op=rollback`); register the
+/// branch with that URL.
+///
+/// ```no_run
+/// # async fn demo(pool: sqlx::PgPool) {
+/// let app: axum::Router = axum::Router::new().nest("/bank", dtx::axum::xa_postgres_router(pool));
+/// # }
+/// ```
+#[cfg(feature = "postgres")]
+pub fn xa_postgres_router<S: Clone + Send + Sync + 'static>(pool: sqlx::PgPool) -> Router<S> {
+    let handler = |State(pool): State<sqlx::PgPool>, ctx: BranchContext| async move {
+        respond(crate::xa::postgres::phase2(&pool, &ctx).await)
+    };
+    Router::new()
+        .route("/phase2", post(handler).get(handler))
+        .with_state(pool)
+}
+
+/// Mounts the phase 2 of XA branches prepared with [`crate::xa::mysql::prepare`] at
+/// `/phase2`, as [`xa_postgres_router`] does for PostgreSQL.
+#[cfg(feature = "mysql")]
+pub fn xa_mysql_router<S: Clone + Send + Sync + 'static>(pool: sqlx::MySqlPool) -> Router<S> {
+    let handler = |State(pool): State<sqlx::MySqlPool>, ctx: BranchContext| async move {
+        respond(crate::xa::mysql::phase2(&pool, &ctx).await)
+    };
+    Router::new()
+        .route("/phase2", post(handler).get(handler))
+        .with_state(pool)
+}

@@ -97,13 +97,6 @@ async fn action(
     Ok(())
 }
 
-async fn phase2(State(bank): State<Arc<Bank>>, ctx: BranchContext) -> Result<(), BranchError> {
-    match &bank.db {
-        Db::Pg(p) => dtx::xa::postgres::phase2(p, &ctx).await,
-        Db::My(p) => dtx::xa::mysql::phase2(p, &ctx).await,
-    }
-}
-
 /// Creates the bank's tables, resets `account` to `balance`, resolves what an earlier run
 /// left prepared, and serves the bank on a free port; returns its base URL.
 pub async fn start_bank(
@@ -141,6 +134,11 @@ pub async fn start_bank(
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
+    // Phase 2 is one line: the SDK's router commits or rolls back the prepared branch.
+    let phase2: axum::Router = match &db {
+        Db::Pg(p) => dtx::axum::xa_postgres_router(p.clone()),
+        Db::My(p) => dtx::axum::xa_mysql_router(p.clone()),
+    };
     let bank = Arc::new(Bank {
         db,
         coordinator: coordinator.to_owned(),
@@ -148,8 +146,8 @@ pub async fn start_bank(
     });
     let app = axum::Router::new()
         .route("/action", post(action))
-        .route("/phase2", post(phase2).get(phase2))
-        .with_state(bank);
+        .with_state(bank)
+        .merge(phase2);
     tokio::spawn(async move { axum::serve(listener, app).await });
     Ok(base)
 }
