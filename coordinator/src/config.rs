@@ -35,6 +35,10 @@ pub struct Config {
     pub max_branches: usize,
     /// Longest a `wait_result` request waits for the final state.
     pub wait_result_timeout_ms: u64,
+    /// On SIGTERM: how long in-flight transactions may run on (half of it) and then take to
+    /// hand themselves back, before the remaining leases are released and the process
+    /// exits. Env: `DTX_SHUTDOWN_TIMEOUT_MS`.
+    pub shutdown_timeout_ms: u64,
     /// Group commit: share one database commit between the writes of many transactions
     /// (each write is still acknowledged only after its commit). Env: `DTX_GROUP_COMMIT`.
     pub group_commit: bool,
@@ -75,6 +79,7 @@ impl Default for Config {
             max_branches: 512,
             wait_result_timeout_ms: 30_000,
             group_commit: true,
+            shutdown_timeout_ms: 10_000,
             defaults: Defaults::default(),
         }
     }
@@ -179,6 +184,9 @@ impl Config {
         };
         if let Some(v) = num("DTX_POLL_INTERVAL_MS")? {
             self.poll_interval_ms = v;
+        }
+        if let Some(v) = num("DTX_SHUTDOWN_TIMEOUT_MS")? {
+            self.shutdown_timeout_ms = v;
         }
         if let Some(v) = num("DTX_LEASE_MS")? {
             self.lease_ms = v;

@@ -95,6 +95,8 @@ pub struct Driver {
     invoker: HttpInvoker,
     config: DriverConfig,
     permits: Arc<Semaphore>,
+    /// Set on shutdown: drives hand their transaction back at their next step.
+    draining: std::sync::atomic::AtomicBool,
     /// Final-status notifications for `wait_result`.
     pub waiters: Waiters,
 }
@@ -122,6 +124,7 @@ impl Driver {
             invoker: HttpInvoker::new(),
             config,
             permits,
+            draining: false.into(),
             waiters: Waiters::default(),
         }
     }
@@ -207,9 +210,21 @@ impl Driver {
         );
     }
 
-    /// Transactions being driven or waiting for a permit.
+    /// Free driving slots (the worker pool's size minus the transactions being driven).
     pub fn available_permits(&self) -> usize {
         self.permits.available_permits()
+    }
+
+    /// Transactions being driven now.
+    pub fn in_flight(&self) -> usize {
+        self.config.max_inflight.max(1) - self.permits.available_permits()
+    }
+
+    /// Stops driving: each drive writes its progress and hands its transaction back
+    /// (lease released, due at once) at its next step instead of going on.
+    pub fn drain(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     async fn load(&self, gid: &str) -> Result<Option<Working>, DriveError> {
@@ -261,8 +276,10 @@ impl Driver {
             }
             // What happens after this write: keep driving (lease kept), or hand back.
             let wait = plan.wake_at.map(|t| (t - now).max(0));
+            let draining = self.draining.load(std::sync::atomic::Ordering::Relaxed);
             let keep = !plan.status.is_final()
                 && plan.attention.is_none()
+                && !draining
                 && (!plan.calls.is_empty()
                     || wait.is_some_and(|d| d <= self.config.inline_wait_ms));
             // Forward progress in the same direction (an action or confirm that succeeded,
@@ -292,8 +309,9 @@ impl Driver {
                     rollback_reason: w.rollback_reason.clone(),
                     next_attempt_at: if plan.status.is_final() || plan.attention.is_some() {
                         None
-                    } else if keep {
-                        // Ours while the lease holds; due for the poller once it lapses.
+                    } else if keep || !plan.calls.is_empty() {
+                        // Ours while the lease holds; due for the poller once it lapses (or
+                        // at once, when a draining process hands it back).
                         Some(now)
                     } else {
                         plan.wake_at

@@ -92,23 +92,55 @@ pub async fn serve(
         Arc::clone(&driver),
         clock,
         config.clone(),
-        owner,
-        stop_rx,
+        owner.clone(),
+        stop_rx.clone(),
     ));
     let app = crate::api::router(coordinator);
-    let graceful = async move {
-        shutdown.await;
-        info!(
-            "shutting down: no new requests, poller stopped; unfinished transactions resume after their lease"
-        );
-        let _ = stop_tx.send(true);
-    };
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(graceful)
-        .await;
-    if let Err(e) = served {
-        warn!(error = %e, "HTTP server stopped with an error");
+    let mut http_stop = stop_rx;
+    let server = tokio::spawn(async move {
+        let stopped = async move {
+            let _ = http_stop.changed().await;
+        };
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(stopped)
+            .await
+        {
+            warn!(error = %e, "HTTP server stopped with an error");
+        }
+    });
+
+    shutdown.await;
+    let timeout = Duration::from_millis(config.shutdown_timeout_ms);
+    let deadline = tokio::time::Instant::now() + timeout;
+    info!(
+        in_flight = driver.in_flight(),
+        timeout_ms = config.shutdown_timeout_ms,
+        "shutting down: no new requests or claims"
+    );
+    let _ = stop_tx.send(true);
+    // First let in-flight transactions run on; then make them hand themselves back.
+    wait_idle(&driver, tokio::time::Instant::now() + timeout / 2).await;
+    driver.drain();
+    wait_idle(&driver, deadline).await;
+    // Whatever is still out (a call that outlasts the deadline) is released: another
+    // coordinator may take it over at once, and this process's late writes are refused.
+    match store.release_leases(&owner).await {
+        Ok(0) => info!("no leases left to release"),
+        Ok(n) => warn!(
+            released = n,
+            "released the leases of transactions still in flight"
+        ),
+        Err(e) => warn!(error = %e, "could not release leases; they expire by themselves"),
     }
+    let mut server = server;
+    if tokio::time::timeout_at(deadline, &mut server)
+        .await
+        .is_err()
+    {
+        // Requests still open (a wait_result, say) are cut; their transactions go on.
+        server.abort();
+    }
+    info!("stopped");
     let _ = poller.await;
     Ok(())
 }
@@ -140,6 +172,13 @@ pub async fn start_in_background(
                 source: std::io::Error::other("coordinator task ended"),
             }),
         },
+    }
+}
+
+/// Waits until no transaction is being driven, or `until`.
+async fn wait_idle(driver: &Driver, until: tokio::time::Instant) {
+    while driver.in_flight() > 0 && tokio::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

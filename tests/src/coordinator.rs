@@ -108,6 +108,29 @@ impl CoordinatorProc {
         }
     }
 
+    /// Sends SIGTERM and waits for the process to exit; returns how long it took.
+    pub fn terminate(&mut self, within: Duration) -> Duration {
+        let started = std::time::Instant::now();
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            loop {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                if started.elapsed() > within {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("coordinator did not exit within {within:?} of SIGTERM");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        started.elapsed()
+    }
+
     /// Starts the coordinator again on the same database (on a new port).
     pub async fn restart(&mut self) {
         self.kill();

@@ -179,6 +179,9 @@ impl Store for GroupCommit {
     async fn claim_due(&self, lease: &Lease, limit: i64) -> Result<Vec<String>, StoreError> {
         self.inner.claim_due(lease, limit).await
     }
+    async fn release_leases(&self, owner: &str) -> Result<u64, StoreError> {
+        self.inner.release_leases(owner).await
+    }
     async fn list(&self, filter: &ListFilter) -> Result<Vec<GlobalRow>, StoreError> {
         self.inner.list(filter).await
     }

@@ -343,6 +343,9 @@ pub trait Store: Send + Sync + 'static {
     }
     /// Takes the lease of up to `limit` transactions that are due and not leased.
     async fn claim_due(&self, lease: &Lease, limit: i64) -> Result<Vec<String>, StoreError>;
+    /// Releases every lease `owner` holds on a non-final transaction (graceful shutdown):
+    /// the transactions become claimable at once, and the owner's later writes are refused.
+    async fn release_leases(&self, owner: &str) -> Result<u64, StoreError>;
     /// Lists transactions, newest first.
     async fn list(&self, filter: &ListFilter) -> Result<Vec<GlobalRow>, StoreError>;
 }

@@ -395,6 +395,18 @@ impl super::Store for MySqlStore {
         Ok(gids)
     }
 
+    async fn release_leases(&self, owner: &str) -> Result<u64, StoreError> {
+        Ok(sqlx::query(
+            "UPDATE dtx_global SET lease_owner = NULL, lease_until = NULL, version = version + 1 \
+             WHERE lease_owner = ? AND status NOT IN ('succeeded', 'failed')",
+        )
+        .bind(owner)
+        .execute(&self.pool)
+        .await
+        .ctx("release leases")?
+        .rows_affected())
+    }
+
     async fn list(&self, f: &ListFilter) -> Result<Vec<GlobalRow>, StoreError> {
         let mut qb = QueryBuilder::<MySql>::new("SELECT * FROM dtx_global WHERE 1 = 1");
         if let Some(s) = f.status {

@@ -345,6 +345,19 @@ macro_rules! sql_store {
                     .ctx("claim due transactions")
             }
 
+            async fn release_leases(&self, owner: &str) -> Result<u64, $crate::store::StoreError> {
+                use $crate::store::Context;
+                Ok(sqlx::query(
+                    "UPDATE dtx_global SET lease_owner = NULL, lease_until = NULL, version = version + 1 \
+                     WHERE lease_owner = $1 AND status NOT IN ('succeeded', 'failed')",
+                )
+                .bind(owner)
+                .execute(&self.write)
+                .await
+                .ctx("release leases")?
+                .rows_affected())
+            }
+
             async fn list(&self, f: &$crate::store::ListFilter) -> Result<Vec<$crate::store::GlobalRow>, $crate::store::StoreError> {
                 use $crate::store::Context;
                 let (before_at, before_gid) = match &f.before {
