@@ -108,6 +108,16 @@ impl CoordinatorProc {
         }
     }
 
+    /// Sends a signal (`STOP`, `CONT`, ...) to the process.
+    pub fn signal(&self, name: &str) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill")
+                .arg(format!("-{name}"))
+                .arg(child.id().to_string())
+                .status();
+        }
+    }
+
     /// Sends SIGTERM and waits for the process to exit; returns how long it took.
     pub fn terminate(&mut self, within: Duration) -> Duration {
         let started = std::time::Instant::now();

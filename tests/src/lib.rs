@@ -9,7 +9,9 @@
 //! fails with a message saying how to provide it (`./scripts/test` provides all).
 
 pub mod backend;
+pub mod bank;
 pub mod coordinator;
+pub mod faults;
 pub mod participant;
 
 pub use backend::{Backend, Database};
