@@ -259,7 +259,7 @@ pub async fn transfer(
     t: &Transfer,
     options: dtx::api::TxOptions,
 ) {
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         // A failed try aborts; the coordinator cancels. Either outcome is fine here.
         let _ = dtx::Tcc::run(client, options, false, async |tcc: &dtx::Tcc| {
             tcc.call_branch(t, &format!("{busi}/tcc/debit")).await?;
