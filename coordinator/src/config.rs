@@ -35,6 +35,11 @@ pub struct Config {
     pub max_branches: usize,
     /// Longest a `wait_result` request waits for the final state.
     pub wait_result_timeout_ms: u64,
+    /// Calls in flight at once to one participant (`host:port`); the rest wait their turn.
+    /// Env: `DTX_CALLS_PER_TARGET`.
+    pub calls_per_target: usize,
+    /// Per-participant exceptions to `calls_per_target`: `"host:port" = limit`.
+    pub target_limits: std::collections::BTreeMap<String, usize>,
     /// On SIGTERM: how long in-flight transactions may run on (half of it) and then take to
     /// hand themselves back, before the remaining leases are released and the process
     /// exits. Env: `DTX_SHUTDOWN_TIMEOUT_MS`.
@@ -80,6 +85,8 @@ impl Default for Config {
             wait_result_timeout_ms: 30_000,
             group_commit: true,
             shutdown_timeout_ms: 10_000,
+            calls_per_target: 64,
+            target_limits: Default::default(),
             defaults: Defaults::default(),
         }
     }
@@ -184,6 +191,9 @@ impl Config {
         };
         if let Some(v) = num("DTX_POLL_INTERVAL_MS")? {
             self.poll_interval_ms = v;
+        }
+        if let Some(v) = num("DTX_CALLS_PER_TARGET")? {
+            self.calls_per_target = v as usize;
         }
         if let Some(v) = num("DTX_SHUTDOWN_TIMEOUT_MS")? {
             self.shutdown_timeout_ms = v;

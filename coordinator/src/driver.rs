@@ -86,6 +86,8 @@ pub struct DriverConfig {
     pub inline_wait_ms: i64,
     /// Transactions driven at once.
     pub max_inflight: usize,
+    /// Calls in flight at once per participant.
+    pub target_limits: crate::invoke::http::TargetLimits,
 }
 
 /// Drives transactions leased to this process.
@@ -121,7 +123,7 @@ impl Driver {
         Self {
             store,
             clock,
-            invoker: HttpInvoker::new(),
+            invoker: HttpInvoker::new(config.target_limits.clone()),
             config,
             permits,
             draining: false.into(),

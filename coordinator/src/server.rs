@@ -65,6 +65,10 @@ pub async fn serve(
             lease_ms: config.lease_ms as i64,
             inline_wait_ms: config.inline_wait_ms as i64,
             max_inflight: config.max_inflight,
+            target_limits: crate::invoke::http::TargetLimits::new(
+                config.calls_per_target,
+                config.target_limits.clone(),
+            ),
         },
     ));
     let coordinator = Arc::new(Coordinator::new(

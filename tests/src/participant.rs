@@ -126,6 +126,25 @@ impl Participant {
         self.calls_to(path, gid).len()
     }
 
+    /// The most calls of `path` that were being handled at the same moment.
+    pub fn max_concurrency(&self, path: &str) -> usize {
+        let calls: Vec<Recorded> = self
+            .calls()
+            .into_iter()
+            .filter(|c| c.path == path)
+            .collect();
+        calls
+            .iter()
+            .map(|c| {
+                calls
+                    .iter()
+                    .filter(|o| o.started <= c.started && o.finished.is_none_or(|f| f > c.started))
+                    .count()
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
     /// The paths called for `gid`, in arrival order.
     pub fn sequence(&self, gid: &str) -> Vec<String> {
         self.calls()

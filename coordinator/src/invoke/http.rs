@@ -1,8 +1,11 @@
 //! Branch calls over HTTP with one pooled client (keep-alive connections are reused
 //! across transactions).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::sync::Semaphore;
 
 use dtx::{Op, TransType};
 
@@ -33,24 +36,61 @@ pub struct BranchCall<'a> {
 #[derive(Debug, Clone)]
 pub struct HttpInvoker {
     client: reqwest::Client,
+    limits: TargetLimits,
+}
+
+/// How many calls may be in flight at once to one participant (`host:port`), so that the
+/// recovery after an outage, when every transaction retries together, does not stampede
+/// the participant that just came back.
+#[derive(Debug, Clone)]
+pub struct TargetLimits {
+    default: usize,
+    overrides: BTreeMap<String, usize>,
+    gates: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
+}
+
+impl TargetLimits {
+    /// `default` calls per target, except the `overrides` (`host:port` → limit).
+    pub fn new(default: usize, overrides: BTreeMap<String, usize>) -> Self {
+        Self {
+            default: default.max(1),
+            overrides,
+            gates: Arc::default(),
+        }
+    }
+
+    fn gate(&self, authority: &str) -> Arc<Semaphore> {
+        let mut gates = self.gates.lock().unwrap_or_else(|e| e.into_inner());
+        let limit = self
+            .overrides
+            .get(authority)
+            .copied()
+            .unwrap_or(self.default)
+            .max(1);
+        Arc::clone(
+            gates
+                .entry(authority.to_owned())
+                .or_insert_with(|| Arc::new(Semaphore::new(limit))),
+        )
+    }
 }
 
 impl Default for HttpInvoker {
     fn default() -> Self {
-        Self::new()
+        Self::new(TargetLimits::new(64, BTreeMap::new()))
     }
 }
 
 impl HttpInvoker {
-    /// An invoker with a keep-alive pool per participant host.
-    pub fn new() -> Self {
+    /// An invoker with a keep-alive pool per participant host and these limits.
+    pub fn new(limits: TargetLimits) -> Self {
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(256)
             .pool_idle_timeout(Duration::from_secs(60))
             .tcp_nodelay(true)
             .build()
             .unwrap_or_else(|_| reqwest::Client::new());
-        Self { client }
+        Self { client, limits }
     }
 
     /// Calls one branch op and classifies the answer.
@@ -58,6 +98,15 @@ impl HttpInvoker {
         let mut url = match reqwest::Url::parse(call.target) {
             Ok(url) => url,
             Err(e) => return Outcome::Transient(format!("bad target URL {}: {e}", call.target)),
+        };
+        let authority = format!(
+            "{}:{}",
+            url.host_str().unwrap_or(""),
+            url.port_or_known_default().unwrap_or(0)
+        );
+        let gate = self.limits.gate(&authority);
+        let Ok(_permit) = gate.acquire_owned().await else {
+            return Outcome::Transient(format!("{authority}: call limit closed"));
         };
         url.query_pairs_mut()
             .append_pair("gid", call.gid)
