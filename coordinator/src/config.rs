@@ -117,6 +117,7 @@ impl Defaults {
                 .request_timeout_ms
                 .unwrap_or(self.request_timeout_ms)
                 .max(1),
+            max_parallel_calls: o.max_parallel_calls.unwrap_or(0),
         }
     }
 }

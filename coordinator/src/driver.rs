@@ -357,7 +357,12 @@ impl Driver {
                 tokio::time::sleep(Duration::from_millis(d as u64)).await;
                 continue;
             }
-            let outcomes = self.call_all(w, &plan.calls).await;
+            // The rest of the due calls wait for the next round.
+            let width = match w.tx.policy.max_parallel_calls {
+                0 => plan.calls.len(),
+                n => plan.calls.len().min(n as usize),
+            };
+            let outcomes = self.call_all(w, &plan.calls[..width]).await;
             let now = self.clock.now();
             for (i, outcome, started_at, duration_ms) in outcomes {
                 let op = &mut w.ops[i];

@@ -34,6 +34,10 @@ pub struct TxOptions {
     /// Timeout of one call to a participant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_timeout_ms: Option<u64>,
+    /// Most of this transaction's branch ops called at once (default: no limit besides the
+    /// coordinator's per-participant limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_parallel_calls: Option<u32>,
     /// Extra headers sent with every branch call.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub branch_headers: BTreeMap<String, String>,

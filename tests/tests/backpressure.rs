@@ -44,3 +44,31 @@ async fn calls_to_one_participant_are_limited() {
         "each called once: waiting for a turn is not a failure"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_can_cap_its_own_fan_out() {
+    let db = Backend::Sqlite.fresh().await;
+    let coord = CoordinatorProc::start(&db.url, &[]).await;
+    let p = Participant::start().await;
+    p.set("wide/action", Behaviour::Slow(150));
+    // Eight independent steps, at most three called at once.
+    let saga = SubmitSaga {
+        steps: (0..8)
+            .map(|_| SagaStep {
+                action: p.url("wide/action"),
+                ..Default::default()
+            })
+            .collect(),
+        concurrent: true,
+        options: TxOptions {
+            max_parallel_calls: Some(3),
+            ..Default::default()
+        },
+        wait_result: true,
+        ..Default::default()
+    };
+    let done = coord.client().submit_saga(&saga).await.unwrap();
+    assert_eq!(done.status, dtx::GlobalStatus::Succeeded);
+    assert_eq!(p.max_concurrency("wide/action"), 3);
+    assert_eq!(p.calls().len(), 8);
+}

@@ -27,6 +27,10 @@ pub struct Policy {
     pub max_age_ms: u64,
     /// Timeout of one participant call.
     pub request_timeout_ms: u64,
+    /// Most of this transaction's branch ops called at once (a wide concurrent saga or
+    /// TCC does not fan out all its calls together); 0: no limit.
+    #[serde(default)]
+    pub max_parallel_calls: u32,
 }
 
 /// The state of a global transaction, as far as decisions need it.

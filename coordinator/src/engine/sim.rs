@@ -13,6 +13,7 @@ pub fn policy() -> Policy {
         retry_limit: 10_000,
         max_age_ms: u64::MAX / 4,
         request_timeout_ms: 1_000,
+        max_parallel_calls: 0,
     }
 }
 
