@@ -47,6 +47,30 @@ impl Steps {
         self.action[step].map(|i| ops[i].status)
     }
 
+    /// For each step, whether its action may have been called: no step it (transitively)
+    /// waits for has an action that answered FAILURE.
+    fn may_have_run(&self, ops: &[OpState]) -> Vec<bool> {
+        let n = self.len();
+        let failed = |d: usize| self.action_status(ops, d) == Some(OpStatus::Failed);
+        let mut ran: Vec<bool> = (0..n).map(|s| self.action[s].is_some()).collect();
+        // Fixed point over the DAG: a step below a failed or never-run step never ran.
+        let mut changed = true;
+        while changed {
+            changed = false;
+            for s in 0..n {
+                if ran[s]
+                    && self.after[s]
+                        .iter()
+                        .any(|&d| d >= n || failed(d) || !ran[d])
+                {
+                    ran[s] = false;
+                    changed = true;
+                }
+            }
+        }
+        ran
+    }
+
     /// Whether every step that `step` waits for has a succeeded action, so that its own
     /// action may be (or may have been) called.
     fn eligible(&self, ops: &[OpState], step: usize) -> bool {
@@ -112,23 +136,28 @@ fn backward(steps: &Steps, ops: &[OpState], now: i64, reason: Option<String>) ->
         return plan;
     }
     let n = steps.len();
-    // A step is compensated when its action may have run: it was eligible to be called.
+    // A step is compensated when its action may have run. The stored statuses cannot say
+    // for sure: an action's success is not written before the next step is called (it
+    // rides with a later write), so a step whose predecessor looks pending may have run.
+    // Only a step below a FAILED action is certain never to have run: a failure is written
+    // before anything else is called.
+    let ran = steps.may_have_run(ops);
     let need: Vec<bool> = (0..n)
-        .map(|s| steps.compensate[s].is_some() && steps.eligible(ops, s))
+        .map(|s| steps.compensate[s].is_some() && ran[s])
         .collect();
     let done = |s: usize| {
         !need[s] || steps.compensate[s].is_some_and(|i| ops[i].status == OpStatus::Succeeded)
     };
     // A compensation waits until every step that (transitively) waited for its step is
     // undone: propagate "blocked" from each pending dependent to what it waited for, to a
-    // fixed point (a step that was never eligible has no eligible dependents).
+    // fixed point (a step that cannot have run has no dependents that can have).
     let mut blocked = vec![false; n];
     let mut changed = true;
     while changed {
         changed = false;
         for t in 0..n {
             let t_pending = (need[t] && !done(t)) || blocked[t];
-            if !t_pending || !steps.eligible(ops, t) {
+            if !t_pending || !ran[t] {
                 continue;
             }
             for &s in &steps.after[t] {
@@ -215,6 +244,19 @@ mod tests {
         });
         assert_eq!(end, GlobalStatus::Failed);
         assert_eq!(s.calls_of(Op::Compensate), vec!["02", "01"]);
+    }
+
+    #[test]
+    fn an_abort_compensates_steps_whose_success_was_not_written_yet() {
+        // A process called both actions (the first one's success rode with a write that
+        // never happened) and died; its successor finds both pending when the timeout
+        // passes. Step 2 may have run: it must be compensated too, before step 1.
+        let mut s = saga(2, None);
+        s.tx.timeout_at = Some(0);
+        s.now = 10;
+        assert_eq!(s.run(|_| Answer::Success), GlobalStatus::Failed);
+        assert_eq!(s.calls_of(Op::Compensate), vec!["02", "01"]);
+        assert!(s.calls_of(Op::Action).is_empty());
     }
 
     #[test]
