@@ -336,7 +336,7 @@ async fn a_frozen_coordinator_cannot_overwrite_its_successor() {
         "the transfer took effect once"
     );
     println!(
-        "fencing: frozen coordinator's write refused; history owners {distinct:?}; lost: 0 doubled: 0"
+        "scenario fencing: frozen coordinator's write refused; transactions: 1 stale writes refused: 1 (history shows only the successor {distinct:?}) lost: 0 doubled: 0"
     );
 }
 
