@@ -61,11 +61,16 @@ impl Pool {
         }
     }
 
-    async fn prepared(&self) -> Vec<String> {
-        match self {
+    /// Prepared transactions of these global transactions. (`XA RECOVER` lists the whole
+    /// server, where other tests run too: only our gids count.)
+    async fn prepared(&self, gids: &[&str]) -> Vec<String> {
+        let all = match self {
             Pool::Pg(p) => dtx::xa::postgres::prepared(p).await.unwrap(),
             Pool::My(p) => dtx::xa::mysql::prepared(p).await.unwrap(),
-        }
+        };
+        all.into_iter()
+            .filter(|x| dtx::xa::parse_xid(x).is_some_and(|(g, _)| gids.contains(&g)))
+            .collect()
     }
 }
 
@@ -206,19 +211,15 @@ fn quick() -> TxOptions {
     }
 }
 
-/// The initiator: prepare, call each branch's action (credit first), submit or abort.
-async fn transfer(coord: &CoordinatorProc, legs: &[(&Bank, &str, i64)]) -> (String, GlobalStatus) {
-    let client = coord.client();
-    let gid = client
-        .prepare_xa(&PrepareTcc {
-            gid: None,
-            options: quick(),
-        })
-        .await
-        .unwrap()
-        .gid;
+/// The initiator's phase 1: prepare, then call each branch's action (it prepares its local
+/// transaction and registers itself). Returns the gid and whether every branch prepared.
+async fn phase_one(coord: &CoordinatorProc, legs: &[(&Bank, &str, i64)]) -> (String, bool) {
+    let options = PrepareTcc {
+        gid: None,
+        options: quick(),
+    };
+    let gid = coord.client().prepare_xa(&options).await.unwrap().gid;
     let http = reqwest::Client::new();
-    let mut ok = true;
     for (i, (bank, account, amount)) in legs.iter().enumerate() {
         let res = http
             .post(format!("{}/action", bank.base))
@@ -233,15 +234,21 @@ async fn transfer(coord: &CoordinatorProc, legs: &[(&Bank, &str, i64)]) -> (Stri
             .await
             .unwrap();
         if !res.status().is_success() {
-            ok = false;
-            break;
+            return (gid, false);
         }
     }
+    (gid, true)
+}
+
+/// The whole initiator: phase 1, then submit (or abort when a branch refused), waiting.
+async fn transfer(coord: &CoordinatorProc, legs: &[(&Bank, &str, i64)]) -> (String, GlobalStatus) {
+    let (gid, prepared) = phase_one(coord, legs).await;
+    let client = coord.client();
     let wait = Finish {
         wait_result: true,
         reason: None,
     };
-    let status = if ok {
+    let status = if prepared {
         client.submit(&gid, &wait).await.unwrap().status
     } else {
         client.abort(&gid, &wait).await.unwrap().status
@@ -256,9 +263,10 @@ async fn transfers_between_two_postgres_databases() {
     let ((pa, _da), (pb, _db)) = (pg().await, pg().await);
     let (a, _ta) = bank(pa.clone(), &coord.url, "alice", 100).await;
     let (b, _tb) = bank(pb.clone(), &coord.url, "bob", 0).await;
-    let (_, s) = transfer(&coord, &[(&b, "bob", 30), (&a, "alice", -30)]).await;
+    let (g1, s) = transfer(&coord, &[(&b, "bob", 30), (&a, "alice", -30)]).await;
     assert_eq!(s, GlobalStatus::Succeeded);
-    let (_, s) = transfer(&coord, &[(&b, "bob", 500), (&a, "alice", -500)]).await;
+    let (g2, s) = transfer(&coord, &[(&b, "bob", 500), (&a, "alice", -500)]).await;
+    let gids = [g1.as_str(), g2.as_str()];
     assert_eq!(
         s,
         GlobalStatus::Failed,
@@ -268,7 +276,7 @@ async fn transfers_between_two_postgres_databases() {
         (pa.balance("alice").await, pb.balance("bob").await),
         (70, 30)
     );
-    assert!(pa.prepared().await.is_empty() && pb.prepared().await.is_empty());
+    assert!(pa.prepared(&gids).await.is_empty() && pb.prepared(&gids).await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -278,19 +286,24 @@ async fn transfers_between_postgres_and_mariadb() {
     let ((pa, _da), (pb, _db)) = (pg().await, my().await);
     let (a, _ta) = bank(pa.clone(), &coord.url, "alice", 100).await;
     let (b, _tb) = bank(pb.clone(), &coord.url, "bob", 0).await;
-    let (_, s) = transfer(&coord, &[(&b, "bob", 30), (&a, "alice", -30)]).await;
+    let (g1, s) = transfer(&coord, &[(&b, "bob", 30), (&a, "alice", -30)]).await;
     assert_eq!(s, GlobalStatus::Succeeded);
-    let (_, s) = transfer(&coord, &[(&b, "bob", 500), (&a, "alice", -500)]).await;
+    let (g2, s) = transfer(&coord, &[(&b, "bob", 500), (&a, "alice", -500)]).await;
+    let gids = [g1.as_str(), g2.as_str()];
     assert_eq!(s, GlobalStatus::Failed);
     assert_eq!(
         (pa.balance("alice").await, pb.balance("bob").await),
         (70, 30)
     );
-    assert!(pa.prepared().await.is_empty(), "{:?}", pa.prepared().await);
     assert!(
-        pb.prepared().await.is_empty(),
+        pa.prepared(&gids).await.is_empty(),
+        "{:?}",
+        pa.prepared(&gids).await
+    );
+    assert!(
+        pb.prepared(&gids).await.is_empty(),
         "XA RECOVER: {:?}",
-        pb.prepared().await
+        pb.prepared(&gids).await
     );
 }
 
@@ -302,35 +315,12 @@ async fn a_participant_dead_after_prepare_finishes_after_restart() {
     let (a, ta) = bank(pa.clone(), &coord.url, "alice", 100).await;
     let (b, _tb) = bank(pb.clone(), &coord.url, "bob", 0).await;
     let client = coord.client();
-    let gid = client
-        .prepare_xa(&PrepareTcc {
-            gid: None,
-            options: quick(),
-        })
-        .await
-        .unwrap()
-        .gid;
-    let http = reqwest::Client::new();
-    for (i, (bank, account, amount)) in [(&b, "bob", 30i64), (&a, "alice", -30)].iter().enumerate()
-    {
-        let res = http
-            .post(format!("{}/action", bank.base))
-            .query(&[
-                ("gid", gid.as_str()),
-                ("trans_type", "xa"),
-                ("branch_id", &format!("{:02}", i + 1)),
-                ("op", "action"),
-            ])
-            .json(&serde_json::json!({"account": account, "amount": amount}))
-            .send()
-            .await
-            .unwrap();
-        assert!(res.status().is_success());
-    }
+    let (gid, prepared) = phase_one(&coord, &[(&b, "bob", 30), (&a, "alice", -30)]).await;
+    assert!(prepared, "both branches prepared");
     // Bank A dies with its branch prepared; the initiator commits; phase 2 cannot reach A.
     ta.abort();
     let _ = ta.await;
-    assert_eq!(pa.prepared().await.len(), 1);
+    assert_eq!(pa.prepared(&[gid.as_str()]).await.len(), 1);
     client.submit(&gid, &Finish::default()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
@@ -366,7 +356,10 @@ async fn a_participant_dead_after_prepare_finishes_after_restart() {
         (pa.balance("alice").await, pb.balance("bob").await),
         (70, 30)
     );
-    assert!(pa.prepared().await.is_empty() && pb.prepared().await.is_empty());
+    assert!(
+        pa.prepared(&[gid.as_str()]).await.is_empty()
+            && pb.prepared(&[gid.as_str()]).await.is_empty()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -377,31 +370,8 @@ async fn the_coordinator_dead_between_decision_and_phase_two_finishes_after_rest
     let (a, _ta) = bank(pa.clone(), &coord.url, "alice", 100).await;
     let (b, _tb) = bank(pb.clone(), &coord.url, "bob", 0).await;
     let client = coord.client();
-    let gid = client
-        .prepare_xa(&PrepareTcc {
-            gid: None,
-            options: quick(),
-        })
-        .await
-        .unwrap()
-        .gid;
-    let http = reqwest::Client::new();
-    for (i, (bank, account, amount)) in [(&b, "bob", 30i64), (&a, "alice", -30)].iter().enumerate()
-    {
-        let res = http
-            .post(format!("{}/action", bank.base))
-            .query(&[
-                ("gid", gid.as_str()),
-                ("trans_type", "xa"),
-                ("branch_id", &format!("{:02}", i + 1)),
-                ("op", "action"),
-            ])
-            .json(&serde_json::json!({"account": account, "amount": amount}))
-            .send()
-            .await
-            .unwrap();
-        assert!(res.status().is_success());
-    }
+    let (gid, prepared) = phase_one(&coord, &[(&b, "bob", 30), (&a, "alice", -30)]).await;
+    assert!(prepared, "both branches prepared");
     // The decision is written by submit; phase 2 hangs at the participants; the
     // coordinator dies there.
     a.slow_phase2
@@ -412,7 +382,10 @@ async fn the_coordinator_dead_between_decision_and_phase_two_finishes_after_rest
     tokio::time::sleep(Duration::from_millis(300)).await;
     coord.kill();
     assert_eq!(
-        (pa.prepared().await.len(), pb.prepared().await.len()),
+        (
+            pa.prepared(&[gid.as_str()]).await.len(),
+            pb.prepared(&[gid.as_str()]).await.len()
+        ),
         (1, 1),
         "phase 2 had not happened"
     );
@@ -443,7 +416,10 @@ async fn the_coordinator_dead_between_decision_and_phase_two_finishes_after_rest
         (pa.balance("alice").await, pb.balance("bob").await),
         (70, 30)
     );
-    assert!(pa.prepared().await.is_empty() && pb.prepared().await.is_empty());
+    assert!(
+        pa.prepared(&[gid.as_str()]).await.is_empty()
+            && pb.prepared(&[gid.as_str()]).await.is_empty()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -513,7 +489,7 @@ async fn a_rollback_before_the_prepare_refuses_the_late_prepare() {
             "the late branch did nothing"
         );
         assert!(
-            pool.prepared().await.is_empty(),
+            pool.prepared(&[gid.as_str()]).await.is_empty(),
             "and left nothing prepared"
         );
     }
