@@ -147,6 +147,11 @@ impl CoordinatorProc {
         self.spawn().await;
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// A native-API client.
     pub fn client(&self) -> dtx::Client {
         dtx::Client::with_timeout(&self.url, Duration::from_secs(60))

@@ -42,9 +42,104 @@ struct Args {
     /// Concurrency levels (one run each).
     #[arg(short = 'c', long, value_delimiter = ',', default_value = "32,1")]
     concurrency: Vec<usize>,
+    /// Transactions to hold in flight at once for the memory measurement (0: skip).
+    #[arg(long, default_value_t = 10_000)]
+    in_flight: usize,
     /// Seconds of pgbench per concurrency level for the PostgreSQL bound (0: skip).
     #[arg(long, default_value_t = 10)]
     pgbench_seconds: u32,
+}
+
+/// CPU time (user + system) a process has used, in ms (Linux `/proc`).
+fn cpu_ms(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks * 10.0) // USER_HZ is 100 on Linux
+}
+
+/// Resident memory of a process, in MiB.
+fn rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Holds `n` one-step sagas in flight (their participant answers after 1 s, 512 calls at a
+/// time) and returns
+/// the coordinator's peak resident memory meanwhile, in MiB.
+async fn hold_in_flight(
+    client: &dtx::Client,
+    url: &str,
+    busi: &str,
+    pid: u32,
+    n: usize,
+    tag: &str,
+) -> anyhow::Result<f64> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..64 {
+        let (client, next, busi, tag) = (
+            client.clone(),
+            Arc::clone(&next),
+            busi.to_owned(),
+            tag.to_owned(),
+        );
+        workers.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                let saga = SubmitSaga {
+                    gid: Some(format!("{tag}-{i}")),
+                    steps: vec![SagaStep {
+                        action: format!("{busi}/hold/action"),
+                        ..Default::default()
+                    }],
+                    options: TxOptions {
+                        request_timeout_ms: Some(30_000),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                };
+                client.submit_saga(&saga).await.context("submit")?;
+            }
+        }));
+    }
+    let mut peak: f64 = 0.0;
+    while workers.iter().any(|w| !w.is_finished()) {
+        peak = peak.max(rss_mib(pid).unwrap_or(0.0));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for w in workers {
+        w.await??;
+    }
+    // Until the last of them is final.
+    let http = reqwest::Client::new();
+    loop {
+        peak = peak.max(rss_mib(pid).unwrap_or(0.0));
+        let page: serde_json::Value = http
+            .get(format!(
+                "{url}/api/v1/transactions?status=submitted&limit=1"
+            ))
+            .send()
+            .await?
+            .json()
+            .await?;
+        if page["transactions"].as_array().is_none_or(|a| a.is_empty()) {
+            return Ok(peak);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// The database's own bound: pgbench doing what a naive coordinator writes per global
@@ -110,6 +205,10 @@ async fn participant(counts: Counts) -> anyhow::Result<String> {
     ) -> StatusCode {
         let gid = q.get("gid").cloned().unwrap_or_default();
         let refuse = path == "refuse/action";
+        if path == "hold/action" {
+            // Keeps transactions in flight for the memory measurement.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
         if let Ok(mut c) = counts.lock() {
             *c.entry((path, gid)).or_default() += 1;
         }
@@ -274,7 +373,9 @@ async fn main() -> anyhow::Result<()> {
                 other => bail!("unknown store `{other}` (sqlite, postgres, mysql)"),
             };
             let db = backend.fresh().await;
-            let coord = CoordinatorProc::start(&db.url, &[]).await;
+            // 512 calls at once to the one participant, so that holding 10,000 transactions
+            // in flight for the memory figure takes seconds, not minutes.
+            let coord = CoordinatorProc::start(&db.url, &[("DTX_CALLS_PER_TARGET", "512")]).await;
             let url = coord.url.clone();
             targets.push((store.clone(), Some((coord, db)), url));
         }
@@ -293,11 +394,12 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     println!(
-        "{:<9} {:<4} {:>6} {:>4} {:>9} {:>9} {:>9}  {:<8} vs pgbench",
-        "store", "load", "N", "C", "tx/s", "p50 ms", "p99 ms", "calls"
+        "{:<9} {:<4} {:>6} {:>4} {:>9} {:>9} {:>9} {:>12}  {:<8} vs pgbench",
+        "store", "load", "N", "C", "tx/s", "p50 ms", "p99 ms", "coord CPU/tx", "calls"
     );
     let mut all_ok = true;
-    for (store, _keep, url) in &targets {
+    for (store, keep, url) in &targets {
+        let pid = keep.as_ref().and_then(|(c, _)| c.pid());
         let client = dtx::Client::with_timeout(url, Duration::from_secs(120));
         for workload in &args.workloads {
             let w2 = match workload.as_str() {
@@ -307,6 +409,7 @@ async fn main() -> anyhow::Result<()> {
             };
             for &c in &args.concurrency {
                 let tag = format!("bench-{run_id}-{store}-{workload}-c{c}");
+                let cpu_before = pid.and_then(cpu_ms);
                 let r = run(
                     &client,
                     &busi,
@@ -322,8 +425,12 @@ async fn main() -> anyhow::Result<()> {
                     Some(b) if store == "postgres" => format!("{:.2}x", r.tps / b),
                     _ => String::new(),
                 };
+                let cpu = match (cpu_before, pid.and_then(cpu_ms)) {
+                    (Some(a), Some(b)) => format!("{:.3} ms", (b - a) / args.transactions as f64),
+                    _ => "-".into(),
+                };
                 println!(
-                    "{:<9} {:<4} {:>6} {:>4} {:>9.0} {:>9.2} {:>9.2}  {:<8} {}",
+                    "{:<9} {:<4} {:>6} {:>4} {:>9.0} {:>9.2} {:>9.2} {:>12}  {:<8} {}",
                     store,
                     workload.to_uppercase(),
                     args.transactions,
@@ -331,10 +438,20 @@ async fn main() -> anyhow::Result<()> {
                     r.tps,
                     r.p50.as_secs_f64() * 1e3,
                     r.p99.as_secs_f64() * 1e3,
+                    cpu,
                     if r.verified { "exact" } else { "MISMATCH" },
                     ratio
                 );
             }
+        }
+        if let (Some(pid), true) = (pid, args.in_flight > 0) {
+            let base = rss_mib(pid).unwrap_or(0.0);
+            let tag = format!("bench-{run_id}-{store}-hold");
+            let peak = hold_in_flight(&client, url, &busi, pid, args.in_flight, &tag).await?;
+            println!(
+                "{store}: coordinator RSS with {} transactions in flight: peak {peak:.1} MiB (before: {base:.1} MiB)",
+                args.in_flight
+            );
         }
     }
     if !all_ok {
