@@ -35,6 +35,9 @@ pub struct Config {
     pub max_branches: usize,
     /// Longest a `wait_result` request waits for the final state.
     pub wait_result_timeout_ms: u64,
+    /// Token the admin API requires (`Authorization: Bearer ...`); without one, admin
+    /// actions are accepted from loopback only. Env: `DTX_ADMIN_TOKEN`.
+    pub admin_token: Option<String>,
     /// Calls in flight at once to one participant (`host:port`); the rest wait their turn.
     /// Env: `DTX_CALLS_PER_TARGET`.
     pub calls_per_target: usize,
@@ -86,6 +89,7 @@ impl Default for Config {
             group_commit: true,
             shutdown_timeout_ms: 10_000,
             calls_per_target: 64,
+            admin_token: None,
             target_limits: Default::default(),
             defaults: Defaults::default(),
         }
@@ -176,6 +180,9 @@ impl Config {
     fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         if let Some(v) = var("DTX_DATABASE_URL") {
             self.database_url = v;
+        }
+        if let Some(v) = var("DTX_ADMIN_TOKEN").filter(|v| !v.is_empty()) {
+            self.admin_token = Some(v);
         }
         if let Some(v) = var("DTX_LISTEN") {
             self.listen = v;

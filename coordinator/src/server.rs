@@ -88,6 +88,9 @@ pub async fn serve(
         source,
     })?;
     info!(%addr, store = store.backend(), database = %redact(&config.database_url), owner = %owner, "dtx coordinator listening");
+    if config.admin_token.is_none() {
+        info!("no DTX_ADMIN_TOKEN: admin actions are accepted from loopback only");
+    }
     on_listen(addr);
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -105,6 +108,8 @@ pub async fn serve(
         let stopped = async move {
             let _ = http_stop.changed().await;
         };
+        // The peer address lets the admin API tell loopback callers from others.
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         if let Err(e) = axum::serve(listener, app)
             .with_graceful_shutdown(stopped)
             .await

@@ -1,6 +1,7 @@
-//! HTTP APIs: the native one (`/api/v1`), the DTM-compatible one (`/api/dtmsvr`), and
-//! `/healthz`. Routers are assembled here, one function per area.
+//! HTTP APIs: the native one (`/api/v1`), the DTM-compatible one (`/api/dtmsvr`), the
+//! admin one (`/api/admin`), and `/healthz`. Routers are assembled here, one function per area.
 
+pub mod admin;
 pub mod dtm;
 pub mod error;
 pub mod native;
@@ -24,6 +25,7 @@ pub fn router(coordinator: Arc<Coordinator>) -> Router {
         .route("/healthz", get(healthz))
         .nest("/api/v1", native::router())
         .nest("/api/dtmsvr", dtm::router())
+        .nest("/api/admin", admin::router())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limit))
         .with_state(coordinator)

@@ -179,6 +179,18 @@ impl Store for GroupCommit {
     async fn claim_due(&self, lease: &Lease, limit: i64) -> Result<Vec<String>, StoreError> {
         self.inner.claim_due(lease, limit).await
     }
+    async fn operate(
+        &self,
+        gid: &str,
+        action: super::OperatorAction,
+        actor: &str,
+        reason: &str,
+    ) -> Result<super::Operated, StoreError> {
+        self.inner.operate(gid, action, actor, reason).await
+    }
+    async fn audit(&self, gid: &str) -> Result<Vec<super::AuditRow>, StoreError> {
+        self.inner.audit(gid).await
+    }
     async fn release_leases(&self, owner: &str) -> Result<u64, StoreError> {
         self.inner.release_leases(owner).await
     }

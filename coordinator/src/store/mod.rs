@@ -274,6 +274,51 @@ pub struct SaveRequest {
     pub progress: Progress,
 }
 
+/// What an operator can do to a transaction (each is audited).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OperatorAction {
+    /// Clear `needs_attention`, give every pending op a fresh retry budget, make failed
+    /// phase-2 ops pending again, and have the transaction driven at once.
+    RetryNow,
+    /// Move a prepared transaction (or a submitted saga) to `aborting`: the coordinator
+    /// then runs the compensations / cancels / rollbacks.
+    ForceAbort,
+}
+
+impl OperatorAction {
+    /// Its name in the audit log.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::RetryNow => "retry_now",
+            Self::ForceAbort => "force_abort",
+        }
+    }
+}
+
+/// The answer to an operator action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Operated {
+    /// Done; the transaction is now in this status.
+    Done(GlobalStatus),
+    /// No such transaction.
+    NotFound,
+    /// Not allowed in this status (final, or a submitted TCC/XA that must confirm).
+    Refused(GlobalStatus, TransType),
+}
+
+/// One audit row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRow {
+    /// When (DB clock, ms).
+    pub at: i64,
+    /// Who.
+    pub actor: String,
+    /// What.
+    pub action: String,
+    /// Why.
+    pub reason: String,
+}
+
 /// Filter of a listing.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ListFilter {
@@ -346,6 +391,18 @@ pub trait Store: Send + Sync + 'static {
     /// Releases every lease `owner` holds on a non-final transaction (graceful shutdown):
     /// the transactions become claimable at once, and the owner's later writes are refused.
     async fn release_leases(&self, owner: &str) -> Result<u64, StoreError>;
+    /// Carries out an operator action and records it in the audit log, in one database
+    /// transaction. The lease is released: a driver still working on it is fenced off and
+    /// the poller takes it up at once.
+    async fn operate(
+        &self,
+        gid: &str,
+        action: OperatorAction,
+        actor: &str,
+        reason: &str,
+    ) -> Result<Operated, StoreError>;
+    /// The audit log of a transaction, oldest first.
+    async fn audit(&self, gid: &str) -> Result<Vec<AuditRow>, StoreError>;
     /// Lists transactions, newest first.
     async fn list(&self, filter: &ListFilter) -> Result<Vec<GlobalRow>, StoreError>;
 }

@@ -191,11 +191,18 @@ impl super::Store for MySqlStore {
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
-        let mut migrator = sqlx::migrate::Migrator::with_migrations(super::sql::migrations(&[(
-            1,
-            "coordinator",
-            include_str!("../../../migrations/mysql/0001_coordinator.sql"),
-        )]));
+        let mut migrator = sqlx::migrate::Migrator::with_migrations(super::sql::migrations(&[
+            (
+                1,
+                "coordinator",
+                include_str!("../../../migrations/mysql/0001_coordinator.sql"),
+            ),
+            (
+                2,
+                "audit",
+                include_str!("../../../migrations/mysql/0002_audit.sql"),
+            ),
+        ]));
         migrator.dangerous_set_table_name("dtx_schema_migrations");
         migrator.run(&self.pool).await?;
         Ok(())
@@ -393,6 +400,94 @@ impl super::Store for MySqlStore {
         }
         db.commit().await.ctx("commit claim")?;
         Ok(gids)
+    }
+
+    async fn operate(
+        &self,
+        gid: &str,
+        action: super::OperatorAction,
+        actor: &str,
+        reason: &str,
+    ) -> Result<super::Operated, StoreError> {
+        use super::{Operated, OperatorAction};
+        let mut db = self.pool.begin().await.ctx("begin operator action")?;
+        let moved = match action {
+            OperatorAction::RetryNow => sqlx::query(concat!(
+                "UPDATE dtx_global SET needs_attention = NULL, next_attempt_at = ", now!(),
+                ", lease_owner = NULL, lease_until = NULL, version = version + 1, updated_at = ", now!(),
+                " WHERE gid = ? AND status NOT IN ('succeeded', 'failed')"
+            ))
+            .bind(gid),
+            OperatorAction::ForceAbort => sqlx::query(concat!(
+                "UPDATE dtx_global SET status = 'aborting', needs_attention = NULL, rollback_reason = COALESCE(rollback_reason, ?), ",
+                "next_attempt_at = ", now!(), ", lease_owner = NULL, lease_until = NULL, version = version + 1, updated_at = ", now!(),
+                " WHERE gid = ? AND (status IN ('prepared', 'aborting') OR (status = 'submitted' AND trans_type = 'saga'))"
+            ))
+            .bind(format!("forced by {actor}: {reason}"))
+            .bind(gid),
+        }
+        .execute(&mut *db)
+        .await
+        .ctx("operator action")?
+        .rows_affected();
+        if moved == 0 {
+            let row: Option<(String, String)> =
+                sqlx::query_as("SELECT status, trans_type FROM dtx_global WHERE gid = ?")
+                    .bind(gid)
+                    .fetch_optional(&mut *db)
+                    .await
+                    .ctx("read status")?;
+            return Ok(match row {
+                None => Operated::NotFound,
+                Some((s, t)) => Operated::Refused(super::parse(gid, &s)?, super::parse(gid, &t)?),
+            });
+        }
+        sqlx::query(concat!(
+            "UPDATE dtx_branch SET attempts = 0, next_at = 0, status = 'pending', updated_at = ", now!(),
+            " WHERE gid = ? AND (status = 'pending' OR (status = 'failed' AND op IN ('compensate', 'confirm', 'cancel', 'commit', 'rollback')))"
+        ))
+        .bind(gid)
+        .execute(&mut *db)
+        .await
+        .ctx("reset branch budgets")?;
+        sqlx::query(concat!(
+            "INSERT INTO dtx_audit (at, actor, action, gid, reason) VALUES (",
+            now!(),
+            ", ?, ?, ?, ?)"
+        ))
+        .bind(actor)
+        .bind(action.as_str())
+        .bind(gid)
+        .bind(reason)
+        .execute(&mut *db)
+        .await
+        .ctx("audit")?;
+        let status: String = sqlx::query_scalar("SELECT status FROM dtx_global WHERE gid = ?")
+            .bind(gid)
+            .fetch_one(&mut *db)
+            .await
+            .ctx("read status")?;
+        db.commit().await.ctx("commit operator action")?;
+        Ok(Operated::Done(super::parse(gid, &status)?))
+    }
+
+    async fn audit(&self, gid: &str) -> Result<Vec<super::AuditRow>, StoreError> {
+        let rows: Vec<(i64, String, String, String)> = sqlx::query_as(
+            "SELECT at, actor, action, reason FROM dtx_audit WHERE gid = ? ORDER BY id",
+        )
+        .bind(gid)
+        .fetch_all(&self.pool)
+        .await
+        .ctx("read audit")?;
+        Ok(rows
+            .into_iter()
+            .map(|(at, actor, action, reason)| super::AuditRow {
+                at,
+                actor,
+                action,
+                reason,
+            })
+            .collect())
     }
 
     async fn release_leases(&self, owner: &str) -> Result<u64, StoreError> {

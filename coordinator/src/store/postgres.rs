@@ -49,7 +49,10 @@ super::sql::sql_store! {
                 AND (lease_until IS NULL OR lease_until < CAST(FLOOR(EXTRACT(EPOCH FROM clock_timestamp()) * 1000) AS BIGINT)) \
                 ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED) \
             RETURNING gid",
-    migrations: super::sql::migrations(&[(1, "coordinator", include_str!("../../../migrations/postgres/0001_coordinator.sql"))]),
+    migrations: super::sql::migrations(&[
+        (1, "coordinator", include_str!("../../../migrations/postgres/0001_coordinator.sql")),
+        (2, "audit", include_str!("../../../migrations/postgres/0002_audit.sql")),
+    ]),
 }
 
 /// The database clock in SQL, as in the macro above.

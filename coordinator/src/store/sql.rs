@@ -345,6 +345,83 @@ macro_rules! sql_store {
                     .ctx("claim due transactions")
             }
 
+            async fn operate(
+                &self,
+                gid: &str,
+                action: $crate::store::OperatorAction,
+                actor: &str,
+                reason: &str,
+            ) -> Result<$crate::store::Operated, $crate::store::StoreError> {
+                use $crate::store::{Context, OperatorAction, Operated};
+                let mut db = self.write.begin_with($begin).await.ctx("begin operator action")?;
+                let moved = match action {
+                    OperatorAction::RetryNow => sqlx::query(concat!(
+                        "UPDATE dtx_global SET needs_attention = NULL, next_attempt_at = ", $now,
+                        ", lease_owner = NULL, lease_until = NULL, version = version + 1, updated_at = ", $now,
+                        " WHERE gid = $1 AND status NOT IN ('succeeded', 'failed')"
+                    ))
+                    .bind(gid),
+                    OperatorAction::ForceAbort => sqlx::query(concat!(
+                        "UPDATE dtx_global SET status = 'aborting', needs_attention = NULL, rollback_reason = COALESCE(rollback_reason, $2), ",
+                        "next_attempt_at = ", $now, ", lease_owner = NULL, lease_until = NULL, version = version + 1, updated_at = ", $now,
+                        " WHERE gid = $1 AND (status IN ('prepared', 'aborting') OR (status = 'submitted' AND trans_type = 'saga'))"
+                    ))
+                    .bind(gid)
+                    .bind(format!("forced by {actor}: {reason}")),
+                }
+                .execute(&mut *db)
+                .await
+                .ctx("operator action")?
+                .rows_affected();
+                if moved == 0 {
+                    let row: Option<(String, String)> = sqlx::query_as("SELECT status, trans_type FROM dtx_global WHERE gid = $1")
+                        .bind(gid)
+                        .fetch_optional(&mut *db)
+                        .await
+                        .ctx("read status")?;
+                    return Ok(match row {
+                        None => Operated::NotFound,
+                        Some((s, t)) => Operated::Refused($crate::store::parse(gid, &s)?, $crate::store::parse(gid, &t)?),
+                    });
+                }
+                // A fresh budget for what is still to do; a phase-2 op that answered FAILURE
+                // is tried again (the operator says the participant is fixed).
+                sqlx::query(concat!(
+                    "UPDATE dtx_branch SET attempts = 0, next_at = 0, status = 'pending', updated_at = ", $now,
+                    " WHERE gid = $1 AND (status = 'pending' OR (status = 'failed' AND op IN ('compensate', 'confirm', 'cancel', 'commit', 'rollback')))"
+                ))
+                .bind(gid)
+                .execute(&mut *db)
+                .await
+                .ctx("reset branch budgets")?;
+                sqlx::query(concat!("INSERT INTO dtx_audit (at, actor, action, gid, reason) VALUES (", $now, ", $1, $2, $3, $4)"))
+                    .bind(actor)
+                    .bind(action.as_str())
+                    .bind(gid)
+                    .bind(reason)
+                    .execute(&mut *db)
+                    .await
+                    .ctx("audit")?;
+                let status: String = sqlx::query_scalar("SELECT status FROM dtx_global WHERE gid = $1")
+                    .bind(gid)
+                    .fetch_one(&mut *db)
+                    .await
+                    .ctx("read status")?;
+                db.commit().await.ctx("commit operator action")?;
+                Ok(Operated::Done($crate::store::parse(gid, &status)?))
+            }
+
+            async fn audit(&self, gid: &str) -> Result<Vec<$crate::store::AuditRow>, $crate::store::StoreError> {
+                use $crate::store::Context;
+                let rows: Vec<(i64, String, String, String)> =
+                    sqlx::query_as("SELECT at, actor, action, reason FROM dtx_audit WHERE gid = $1 ORDER BY id")
+                        .bind(gid)
+                        .fetch_all(&self.read)
+                        .await
+                        .ctx("read audit")?;
+                Ok(rows.into_iter().map(|(at, actor, action, reason)| $crate::store::AuditRow { at, actor, action, reason }).collect())
+            }
+
             async fn release_leases(&self, owner: &str) -> Result<u64, $crate::store::StoreError> {
                 use $crate::store::Context;
                 Ok(sqlx::query(

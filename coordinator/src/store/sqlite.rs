@@ -57,7 +57,10 @@ super::sql::sql_store! {
                 AND (lease_until IS NULL OR lease_until < CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)) \
                 ORDER BY next_attempt_at LIMIT $3) \
             RETURNING gid",
-    migrations: super::sql::migrations(&[(1, "coordinator", include_str!("../../../migrations/sqlite/0001_coordinator.sql"))]),
+    migrations: super::sql::migrations(&[
+        (1, "coordinator", include_str!("../../../migrations/sqlite/0001_coordinator.sql")),
+        (2, "audit", include_str!("../../../migrations/sqlite/0002_audit.sql")),
+    ]),
 }
 
 // SQLite runs in-process: statements cost no round trip, so the portable statement-per-row
