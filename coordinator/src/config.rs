@@ -35,9 +35,10 @@ pub struct Config {
     pub max_branches: usize,
     /// Longest a `wait_result` request waits for the final state.
     pub wait_result_timeout_ms: u64,
-    /// Token the admin API requires (`Authorization: Bearer ...`); without one, admin
-    /// actions are accepted from loopback only. Env: `DTX_ADMIN_TOKEN`.
-    pub admin_token: Option<String>,
+    /// Who may use the dashboard and the admin API: each token has a name (kept in the
+    /// audit log) and a role. With none, both answer loopback callers only (as admin).
+    /// Env: `DTX_ADMIN_TOKEN` and `DTX_VIEWER_TOKEN` add one token each.
+    pub tokens: Vec<AccessToken>,
     /// Calls in flight at once to one participant (`host:port`); the rest wait their turn.
     /// Env: `DTX_CALLS_PER_TARGET`.
     pub calls_per_target: usize,
@@ -52,6 +53,37 @@ pub struct Config {
     pub group_commit: bool,
     /// Default retry and timeout rules of new transactions.
     pub defaults: Defaults,
+}
+
+/// A bearer token of the dashboard and admin API.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessToken {
+    /// Who holds it (recorded as the actor of their actions).
+    pub name: String,
+    /// The secret.
+    pub token: String,
+    /// What it allows.
+    pub role: Role,
+}
+
+impl std::fmt::Debug for AccessToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessToken")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a token allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Read the dashboard, the admin listings and details.
+    Viewer,
+    /// Also act: retry, abort, mark done, change budgets.
+    Admin,
 }
 
 /// Default rules of new transactions; a request may override each.
@@ -89,7 +121,7 @@ impl Default for Config {
             group_commit: true,
             shutdown_timeout_ms: 10_000,
             calls_per_target: 64,
-            admin_token: None,
+            tokens: Vec::new(),
             target_limits: Default::default(),
             defaults: Defaults::default(),
         }
@@ -181,8 +213,17 @@ impl Config {
         if let Some(v) = var("DTX_DATABASE_URL") {
             self.database_url = v;
         }
-        if let Some(v) = var("DTX_ADMIN_TOKEN").filter(|v| !v.is_empty()) {
-            self.admin_token = Some(v);
+        for (env, name, role) in [
+            ("DTX_ADMIN_TOKEN", "admin", Role::Admin),
+            ("DTX_VIEWER_TOKEN", "viewer", Role::Viewer),
+        ] {
+            if let Some(token) = var(env).filter(|v| !v.is_empty()) {
+                self.tokens.push(AccessToken {
+                    name: name.into(),
+                    token,
+                    role,
+                });
+            }
         }
         if let Some(v) = var("DTX_LISTEN") {
             self.listen = v;
@@ -247,6 +288,18 @@ mod tests {
         assert!(
             c.apply_env(|n| (n == "DTX_LEASE_MS").then(|| "soon".to_string()))
                 .is_err()
+        );
+        c.apply_env(|n| (n == "DTX_VIEWER_TOKEN").then(|| "v".to_string()))
+            .unwrap();
+        assert_eq!(c.tokens.len(), 1);
+        assert_eq!(c.tokens[0].role, Role::Viewer);
+        let t: Config =
+            toml::from_str("[[tokens]]\nname = \"alice\"\ntoken = \"s3cret\"\nrole = \"admin\"\n")
+                .unwrap();
+        assert_eq!(t.tokens[0].role, Role::Admin);
+        assert!(
+            !format!("{:?}", t.tokens).contains("s3cret"),
+            "secrets stay out of logs"
         );
         assert!(
             toml::from_str::<Config>("lisen = 1").is_err(),

@@ -101,6 +101,7 @@ pub struct Driver {
     draining: std::sync::atomic::AtomicBool,
     /// Final-status notifications for `wait_result`.
     pub waiters: Waiters,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// In-memory copy of a transaction being driven.
@@ -128,7 +129,13 @@ impl Driver {
             permits,
             draining: false.into(),
             waiters: Waiters::default(),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
         }
+    }
+
+    /// This process's metrics.
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.metrics
     }
 
     /// This process's lease owner id.
@@ -332,6 +339,7 @@ impl Driver {
                         w.lease_deadline = now + progress.lease_ms.unwrap_or(0);
                     }
                     Saved::Conflict => {
+                        self.metrics.lease_conflict();
                         debug!("write lost a race; reloading");
                         return Ok(None);
                     }
@@ -341,7 +349,15 @@ impl Driver {
                     info!(from = %w.tx.status, to = %plan.status, reason = plan.rollback_reason.as_deref().unwrap_or(""), "status changed");
                 }
                 if let Some(reason) = plan.attention.as_deref().filter(|_| attention_changed) {
+                    self.metrics.flagged(w.tx.trans_type);
                     warn!(reason, "needs attention: automatic retries stopped");
+                }
+                if status_changed && plan.status.is_final() {
+                    self.metrics.finished(
+                        w.tx.trans_type,
+                        plan.status,
+                        (now - w.tx.created_at) as f64 / 1000.0,
+                    );
                 }
                 w.tx.status = plan.status;
                 w.tx.needs_attention = plan.attention.clone();
@@ -364,7 +380,8 @@ impl Driver {
             };
             let outcomes = self.call_all(w, &plan.calls[..width]).await;
             let now = self.clock.now();
-            for (i, outcome, started_at, duration_ms) in outcomes {
+            for (i, outcome, started_at, elapsed) in outcomes {
+                let duration_ms = elapsed.as_millis() as i64;
                 let op = &mut w.ops[i];
                 log_outcome(op, &outcome, duration_ms);
                 engine::apply_outcome(op, &outcome, now, &w.tx.policy, fastrand::f64());
@@ -375,6 +392,8 @@ impl Driver {
                     Outcome::Ongoing => ("ongoing", None),
                     Outcome::Transient(e) => ("transient", Some(e.clone())),
                 };
+                self.metrics
+                    .attempt(op.op, label, &w.rows[i].target, elapsed.as_secs_f64());
                 attempts.push(AttemptRecord {
                     branch_id: op.branch_id.clone(),
                     op: op.op,
@@ -409,7 +428,7 @@ impl Driver {
             .max(slowest_call_ms.max(self.config.inline_wait_ms) + 1_000)
     }
 
-    async fn call_all(&self, w: &Working, calls: &[usize]) -> Vec<(usize, Outcome, i64, i64)> {
+    async fn call_all(&self, w: &Working, calls: &[usize]) -> Vec<(usize, Outcome, i64, Duration)> {
         let futures = calls.iter().map(|&i| {
             let row = &w.rows[i];
             let timeout = row
@@ -429,7 +448,7 @@ impl Driver {
                 let started_at = self.clock.now();
                 let t0 = Instant::now();
                 let outcome = self.invoker.call(&call).await;
-                (i, outcome, started_at, t0.elapsed().as_millis() as i64)
+                (i, outcome, started_at, t0.elapsed())
             }
         });
         futures_util::future::join_all(futures).await

@@ -11,7 +11,8 @@
 //! - [`driver`]: the loop that joins them — load, plan, persist, call, fold in, repeat.
 //! - [`service`]: the operations (submit a saga, prepare / register / submit / abort a
 //!   TCC, query) shared by both APIs.
-//! - [`api`]: the native `/api/v1` and the DTM-compatible `/api/dtmsvr` HTTP APIs.
+//! - [`api`]: the native `/api/v1` and the DTM-compatible `/api/dtmsvr` HTTP APIs, the
+//!   admin API `/api/admin`, the dashboard at `/` and `/metrics` ([`metrics`]).
 //! - [`server`]: wiring, the poller (the recovery path), shutdown; [`cli`] and
 //!   [`config`] around it.
 //!
@@ -26,6 +27,7 @@ pub mod config;
 pub mod driver;
 pub mod engine;
 pub mod invoke;
+pub mod metrics;
 pub mod server;
 pub mod service;
 pub mod store;

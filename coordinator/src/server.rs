@@ -88,8 +88,15 @@ pub async fn serve(
         source,
     })?;
     info!(%addr, store = store.backend(), database = %redact(&config.database_url), owner = %owner, "dtx coordinator listening");
-    if config.admin_token.is_none() {
-        info!("no DTX_ADMIN_TOKEN: admin actions are accepted from loopback only");
+    if config.tokens.is_empty() {
+        warn!(
+            "no access token configured (DTX_ADMIN_TOKEN, DTX_VIEWER_TOKEN or [[tokens]]): the dashboard and admin API answer loopback callers only"
+        );
+    } else {
+        info!(
+            tokens = config.tokens.len(),
+            "dashboard at / and admin API at /api/admin need a token"
+        );
     }
     on_listen(addr);
 
@@ -135,10 +142,13 @@ pub async fn serve(
     // coordinator may take it over at once, and this process's late writes are refused.
     match store.release_leases(&owner).await {
         Ok(0) => info!("no leases left to release"),
-        Ok(n) => warn!(
-            released = n,
-            "released the leases of transactions still in flight"
-        ),
+        Ok(n) => {
+            driver.metrics().released(n);
+            warn!(
+                released = n,
+                "released the leases of transactions still in flight"
+            )
+        }
         Err(e) => warn!(error = %e, "could not release leases; they expire by themselves"),
     }
     let mut server = server;
@@ -237,6 +247,7 @@ async fn poll(
         }
         match store.claim_due(&lease, room).await {
             Ok(gids) => {
+                driver.metrics().polled(gids.len());
                 if gids.len() as i64 == room {
                     // More may be due: look again soon rather than after a full interval.
                     nap = Duration::from_millis(10);

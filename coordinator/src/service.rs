@@ -138,6 +138,21 @@ impl Coordinator {
         }
     }
 
+    /// The database's clock (an estimate re-synced every few seconds), ms.
+    pub fn now(&self) -> i64 {
+        self.driver.now()
+    }
+
+    /// This process's metrics.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        self.driver.metrics()
+    }
+
+    /// Transactions this process is driving now.
+    pub fn driving(&self) -> usize {
+        self.driver.in_flight()
+    }
+
     /// The store.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
@@ -268,6 +283,7 @@ impl Coordinator {
         let created_at = self.driver.now();
         match self.store.insert(&new).await? {
             Inserted::Created { .. } => {
+                self.metrics().started(TransType::Saga);
                 debug!(gid = %gid, steps = n, "saga submitted");
                 // Subscribed before the drive starts, so that its end cannot be missed.
                 let waiter = wait.then(|| self.driver.waiters.subscribe(&gid));
@@ -331,6 +347,7 @@ impl Coordinator {
         };
         match self.store.insert(&new).await? {
             Inserted::Created { .. } => {
+                self.metrics().started(trans_type);
                 info!(gid = %gid, %trans_type, timeout_ms = timeout, "prepared");
                 Ok((gid, GlobalStatus::Prepared))
             }

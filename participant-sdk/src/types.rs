@@ -146,6 +146,16 @@ impl Op {
         matches!(self, Self::Cancel | Self::Compensate | Self::Rollback)
     }
 
+    /// Whether the op carries out a decision already taken (`compensate`, `confirm`,
+    /// `cancel`, `commit`, `rollback`): it must succeed in the end, so a FAILURE answer is
+    /// an error for an operator rather than a decision.
+    pub const fn is_phase_two(self) -> bool {
+        matches!(
+            self,
+            Self::Compensate | Self::Confirm | Self::Cancel | Self::Commit | Self::Rollback
+        )
+    }
+
     /// The op that a compensating op undoes (`cancel` → `try`, `compensate` → `action`,
     /// `rollback` → `action`), `None` for forward ops.
     pub const fn undoes(self) -> Option<Op> {

@@ -160,6 +160,7 @@ async fn force_abort_runs_the_compensations_and_needs_the_token(backend: Backend
 
     let audit: Value = http
         .get(format!("{}/api/admin/transactions/{gid}/audit", coord.url))
+        .bearer_auth("s3cret")
         .send()
         .await
         .unwrap()
@@ -167,7 +168,7 @@ async fn force_abort_runs_the_compensations_and_needs_the_token(backend: Backend
         .await
         .unwrap();
     assert_eq!(audit[0]["action"], "force_abort");
-    assert_eq!(audit[0]["actor"], "alice@oncall");
+    assert_eq!(audit[0]["actor"], "alice@oncall (token admin)");
 
     // A final transaction cannot be retried or aborted; the CLI says so and fails.
     let (ok, out) = cli(

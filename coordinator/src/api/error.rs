@@ -34,6 +34,16 @@ impl ApiError {
         }
     }
 
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// What is wrong, in words.
+    pub fn message(&self) -> &str {
+        &self.body.error
+    }
+
     /// Marks the answer for the DTM-compatible edge.
     pub fn dtm(mut self) -> Self {
         self.dtm = true;

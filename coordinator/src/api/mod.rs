@@ -2,10 +2,12 @@
 //! admin one (`/api/admin`), and `/healthz`. Routers are assembled here, one function per area.
 
 pub mod admin;
+pub mod auth;
 pub mod dtm;
 pub mod error;
 pub mod native;
 pub mod time;
+pub mod ui;
 
 use std::sync::Arc;
 
@@ -23,6 +25,8 @@ pub fn router(coordinator: Arc<Coordinator>) -> Router {
     let limit = coordinator.config().body_limit_bytes;
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .merge(ui::router())
         .nest("/api/v1", native::router())
         .nest("/api/dtmsvr", dtm::router())
         .nest("/api/admin", admin::router())
@@ -44,10 +48,29 @@ async fn healthz(State(c): State<Arc<Coordinator>>) -> Result<Json<Value>, ApiEr
     }
 }
 
+/// Prometheus text exposition; the store's gauges are read now (a store that does not answer
+/// leaves them at their last value: the process's own figures are still worth having).
+async fn metrics(State(c): State<Arc<Coordinator>>) -> impl axum::response::IntoResponse {
+    let gauges = match c.store().gauges().await {
+        Ok(g) => Some(g),
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics: store gauges unavailable");
+            None
+        }
+    };
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        c.metrics().render(gauges, c.driving(), c.now()),
+    )
+}
+
 async fn not_found() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
-        "no such route; see /api/v1 and /api/dtmsvr",
+        "no such route; see /api/v1, /api/dtmsvr, /api/admin (described by /api/admin/openapi.json) and the dashboard at /",
         None,
     )
 }

@@ -176,6 +176,7 @@ async fn list(
             needs_attention: p.needs_attention,
             before,
             limit,
+            ..Default::default()
         })
         .await?;
     let next = (rows.len() as i64 == limit)

@@ -182,7 +182,7 @@ impl Store for GroupCommit {
     async fn operate(
         &self,
         gid: &str,
-        action: super::OperatorAction,
+        action: &super::OperatorAction,
         actor: &str,
         reason: &str,
     ) -> Result<super::Operated, StoreError> {
@@ -196,5 +196,14 @@ impl Store for GroupCommit {
     }
     async fn list(&self, filter: &ListFilter) -> Result<Vec<GlobalRow>, StoreError> {
         self.inner.list(filter).await
+    }
+    async fn attempts(&self, gid: &str) -> Result<Vec<super::AttemptRow>, StoreError> {
+        self.inner.attempts(gid).await
+    }
+    async fn overview(&self, now: i64) -> Result<super::Overview, StoreError> {
+        self.inner.overview(now).await
+    }
+    async fn gauges(&self) -> Result<super::Gauges, StoreError> {
+        self.inner.gauges().await
     }
 }

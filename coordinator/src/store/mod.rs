@@ -274,23 +274,94 @@ pub struct SaveRequest {
     pub progress: Progress,
 }
 
-/// What an operator can do to a transaction (each is audited).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What an operator can do to a transaction (each is audited). Every action clears
+/// `needs_attention`, releases the lease (fencing off a driver still at work) and makes the
+/// transaction due at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OperatorAction {
-    /// Clear `needs_attention`, give every pending op a fresh retry budget, make failed
-    /// phase-2 ops pending again, and have the transaction driven at once.
+    /// Give every pending op a fresh retry budget, make failed phase-2 ops pending again,
+    /// and have the transaction driven at once.
     RetryNow,
+    /// The same for one branch op only.
+    RetryOp {
+        /// The branch.
+        branch_id: String,
+        /// The op.
+        op: Op,
+    },
     /// Move a prepared transaction (or a submitted saga) to `aborting`: the coordinator
     /// then runs the compensations / cancels / rollbacks.
     ForceAbort,
+    /// Record a pending (or failed phase-2) op as succeeded without calling it: the
+    /// operator says its effect happened (or was done by hand).
+    MarkDone {
+        /// The branch.
+        branch_id: String,
+        /// The op.
+        op: Op,
+    },
+    /// Change the retry budget of the transaction (and of its ops that carry their own).
+    SetBudget {
+        /// New calls-per-op limit.
+        retry_limit: Option<u32>,
+        /// New age limit.
+        max_age_ms: Option<u64>,
+    },
 }
 
 impl OperatorAction {
     /// Its name in the audit log.
-    pub const fn as_str(self) -> &'static str {
+    pub const fn as_str(&self) -> &'static str {
         match self {
             Self::RetryNow => "retry_now",
+            Self::RetryOp { .. } => "retry_op",
             Self::ForceAbort => "force_abort",
+            Self::MarkDone { .. } => "mark_done",
+            Self::SetBudget { .. } => "set_budget",
+        }
+    }
+
+    /// What the action was applied to, beyond the transaction, for the audit log.
+    pub fn detail(&self) -> Option<String> {
+        match self {
+            Self::RetryOp { branch_id, op } | Self::MarkDone { branch_id, op } => {
+                Some(format!("{branch_id}/{op}"))
+            }
+            Self::SetBudget {
+                retry_limit,
+                max_age_ms,
+            } => Some(
+                [
+                    retry_limit.map(|l| format!("retry_limit={l}")),
+                    max_age_ms.map(|a| format!("max_age_ms={a}")),
+                ]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join(" "),
+            ),
+            Self::RetryNow | Self::ForceAbort => None,
+        }
+    }
+
+    /// The branch op it concerns, if any.
+    pub fn target_op(&self) -> Option<(&str, Op)> {
+        match self {
+            Self::RetryOp { branch_id, op } | Self::MarkDone { branch_id, op } => {
+                Some((branch_id, *op))
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether the action is allowed on a transaction in `status` of mode `trans_type`.
+    pub fn allowed(&self, status: GlobalStatus, trans_type: TransType) -> bool {
+        match self {
+            Self::ForceAbort => {
+                matches!(status, GlobalStatus::Prepared | GlobalStatus::Aborting)
+                    || (status == GlobalStatus::Submitted && trans_type == TransType::Saga)
+            }
+            _ => !status.is_final(),
         }
     }
 }
@@ -304,6 +375,9 @@ pub enum Operated {
     NotFound,
     /// Not allowed in this status (final, or a submitted TCC/XA that must confirm).
     Refused(GlobalStatus, TransType),
+    /// The transaction has no such branch op, or the op is in a state the action does not
+    /// apply to (shown as its status).
+    NoSuchOp(Option<OpStatus>),
 }
 
 /// One audit row.
@@ -317,6 +391,75 @@ pub struct AuditRow {
     pub action: String,
     /// Why.
     pub reason: String,
+    /// The branch op or the values concerned, if any.
+    pub detail: Option<String>,
+}
+
+/// One participant call from the history table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptRow {
+    /// Branch id.
+    pub branch_id: String,
+    /// Which op.
+    pub op: String,
+    /// When the call started (DB clock, ms).
+    pub started_at: i64,
+    /// How long it took.
+    pub duration_ms: i64,
+    /// `success`, `failure`, `ongoing` or `transient`.
+    pub outcome: String,
+    /// Error detail.
+    pub error: Option<String>,
+    /// The coordinator process that made the call.
+    pub owner: String,
+}
+
+/// Transactions per status and mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusCount {
+    /// Status.
+    pub status: GlobalStatus,
+    /// Mode.
+    pub trans_type: TransType,
+    /// How many.
+    pub count: i64,
+}
+
+/// Transactions that became final in one minute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MinuteBucket {
+    /// Start of the minute (ms since the Unix epoch).
+    pub minute: i64,
+    /// Succeeded in it.
+    pub succeeded: i64,
+    /// Failed (rolled back) in it.
+    pub failed: i64,
+}
+
+/// What the dashboard's overview shows: counts, and what is stuck, worst first.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Overview {
+    /// Counts by status and mode.
+    pub counts: Vec<StatusCount>,
+    /// Waiting for an operator, oldest first (at most 20).
+    pub needs_attention: Vec<GlobalRow>,
+    /// Not final, with an op whose last call failed, oldest first (at most 20).
+    pub retrying: Vec<GlobalRow>,
+    /// Not final, oldest first (at most 20).
+    pub oldest: Vec<GlobalRow>,
+    /// Final per minute over the last hour (minutes with none are absent).
+    pub finished: Vec<MinuteBucket>,
+}
+
+/// Figures for the metrics gauges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Gauges {
+    /// Transactions not final.
+    pub in_flight: i64,
+    /// Of those, waiting for an operator.
+    pub needs_attention: i64,
+    /// Creation time of the oldest one not final.
+    pub oldest_created_at: Option<i64>,
 }
 
 /// Filter of a listing.
@@ -328,6 +471,12 @@ pub struct ListFilter {
     pub trans_type: Option<TransType>,
     /// Only those flagged (true) or not flagged (false).
     pub needs_attention: Option<bool>,
+    /// Only gids starting with this.
+    pub gid_prefix: Option<String>,
+    /// Only transactions with a branch op calling this participant (`host` or `host:port`).
+    pub host: Option<String>,
+    /// Only transactions created before this time (ms): "older than".
+    pub created_before: Option<i64>,
     /// Keyset cursor: rows strictly older than `(created_at, gid)`.
     pub before: Option<(i64, String)>,
     /// Page size.
@@ -397,7 +546,7 @@ pub trait Store: Send + Sync + 'static {
     async fn operate(
         &self,
         gid: &str,
-        action: OperatorAction,
+        action: &OperatorAction,
         actor: &str,
         reason: &str,
     ) -> Result<Operated, StoreError>;
@@ -405,6 +554,83 @@ pub trait Store: Send + Sync + 'static {
     async fn audit(&self, gid: &str) -> Result<Vec<AuditRow>, StoreError>;
     /// Lists transactions, newest first.
     async fn list(&self, filter: &ListFilter) -> Result<Vec<GlobalRow>, StoreError>;
+    /// The call history of a transaction, oldest first (at most 1000 calls).
+    async fn attempts(&self, gid: &str) -> Result<Vec<AttemptRow>, StoreError>;
+    /// Counts and the stuck transactions, for the dashboard; `now` is the database clock.
+    async fn overview(&self, now: i64) -> Result<Overview, StoreError>;
+    /// Figures for the metrics gauges.
+    async fn gauges(&self) -> Result<Gauges, StoreError>;
+}
+
+/// Escapes `%`, `_` and the escape character `!` for a `LIKE ... ESCAPE '!'` pattern
+/// (`!`, because MySQL reads a backslash in a literal as an escape of its own).
+pub(crate) fn like_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    for c in s.chars() {
+        if matches!(c, '%' | '_' | '!') {
+            out.push('!');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Builds the listing query of every backend (the builder writes each one's placeholders).
+pub(crate) fn list_query<DB>(f: &ListFilter) -> sqlx::QueryBuilder<DB>
+where
+    DB: sqlx::Database,
+    for<'t> String: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+    for<'t> i64: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+{
+    let mut qb = sqlx::QueryBuilder::<DB>::new("SELECT * FROM dtx_global WHERE 1 = 1");
+    if let Some(s) = f.status {
+        qb.push(" AND status = ").push_bind(s.as_str().to_owned());
+    }
+    if let Some(t) = f.trans_type {
+        qb.push(" AND trans_type = ")
+            .push_bind(t.as_str().to_owned());
+    }
+    match f.needs_attention {
+        Some(true) => {
+            qb.push(" AND needs_attention IS NOT NULL");
+        }
+        Some(false) => {
+            qb.push(" AND needs_attention IS NULL");
+        }
+        None => {}
+    }
+    if let Some(p) = f.gid_prefix.as_deref().filter(|p| !p.is_empty()) {
+        qb.push(" AND gid LIKE ")
+            .push_bind(format!("{}%", like_escape(p)))
+            .push(" ESCAPE '!'");
+    }
+    if let Some(at) = f.created_before {
+        qb.push(" AND created_at < ").push_bind(at);
+    }
+    if let Some(h) = f.host.as_deref().filter(|h| !h.is_empty()) {
+        // `scheme://HOST` then the end, a port or a path: a host that is a prefix of
+        // another (10.0.0.1 and 10.0.0.12) does not match it.
+        let h = like_escape(h);
+        qb.push(" AND EXISTS (SELECT 1 FROM dtx_branch b WHERE b.gid = dtx_global.gid AND (b.target LIKE ")
+            .push_bind(format!("%://{h}"))
+            .push(" ESCAPE '!' OR b.target LIKE ")
+            .push_bind(format!("%://{h}:%"))
+            .push(" ESCAPE '!' OR b.target LIKE ")
+            .push_bind(format!("%://{h}/%"))
+            .push(" ESCAPE '!'))");
+    }
+    if let Some((at, gid)) = &f.before {
+        qb.push(" AND (created_at < ")
+            .push_bind(*at)
+            .push(" OR (created_at = ")
+            .push_bind(*at)
+            .push(" AND gid < ")
+            .push_bind(gid.clone())
+            .push("))");
+    }
+    qb.push(" ORDER BY created_at DESC, gid DESC LIMIT ")
+        .push_bind(f.limit);
+    qb
 }
 
 /// Opens the store named by a URL (`sqlite://PATH`, `postgres://...`), creating an SQLite

@@ -8,8 +8,8 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPool, MySqlPoolOpti
 use sqlx::{MySql, QueryBuilder};
 
 use super::{
-    Added, AttemptRecord, Context, GlobalRow, Inserted, Lease, ListFilter, NewOp, NewTransaction,
-    OpRow, Progress, SaveRequest, Saved, StoreError,
+    Added, AttemptRecord, Context, GlobalRow, Inserted, Lease, NewOp, NewTransaction, OpRow,
+    Progress, SaveRequest, Saved, StoreError,
 };
 use dtx::GlobalStatus;
 
@@ -402,94 +402,6 @@ impl super::Store for MySqlStore {
         Ok(gids)
     }
 
-    async fn operate(
-        &self,
-        gid: &str,
-        action: super::OperatorAction,
-        actor: &str,
-        reason: &str,
-    ) -> Result<super::Operated, StoreError> {
-        use super::{Operated, OperatorAction};
-        let mut db = self.pool.begin().await.ctx("begin operator action")?;
-        let moved = match action {
-            OperatorAction::RetryNow => sqlx::query(concat!(
-                "UPDATE dtx_global SET needs_attention = NULL, next_attempt_at = ", now!(),
-                ", lease_owner = NULL, lease_until = NULL, version = version + 1, updated_at = ", now!(),
-                " WHERE gid = ? AND status NOT IN ('succeeded', 'failed')"
-            ))
-            .bind(gid),
-            OperatorAction::ForceAbort => sqlx::query(concat!(
-                "UPDATE dtx_global SET status = 'aborting', needs_attention = NULL, rollback_reason = COALESCE(rollback_reason, ?), ",
-                "next_attempt_at = ", now!(), ", lease_owner = NULL, lease_until = NULL, version = version + 1, updated_at = ", now!(),
-                " WHERE gid = ? AND (status IN ('prepared', 'aborting') OR (status = 'submitted' AND trans_type = 'saga'))"
-            ))
-            .bind(format!("forced by {actor}: {reason}"))
-            .bind(gid),
-        }
-        .execute(&mut *db)
-        .await
-        .ctx("operator action")?
-        .rows_affected();
-        if moved == 0 {
-            let row: Option<(String, String)> =
-                sqlx::query_as("SELECT status, trans_type FROM dtx_global WHERE gid = ?")
-                    .bind(gid)
-                    .fetch_optional(&mut *db)
-                    .await
-                    .ctx("read status")?;
-            return Ok(match row {
-                None => Operated::NotFound,
-                Some((s, t)) => Operated::Refused(super::parse(gid, &s)?, super::parse(gid, &t)?),
-            });
-        }
-        sqlx::query(concat!(
-            "UPDATE dtx_branch SET attempts = 0, next_at = 0, status = 'pending', updated_at = ", now!(),
-            " WHERE gid = ? AND (status = 'pending' OR (status = 'failed' AND op IN ('compensate', 'confirm', 'cancel', 'commit', 'rollback')))"
-        ))
-        .bind(gid)
-        .execute(&mut *db)
-        .await
-        .ctx("reset branch budgets")?;
-        sqlx::query(concat!(
-            "INSERT INTO dtx_audit (at, actor, action, gid, reason) VALUES (",
-            now!(),
-            ", ?, ?, ?, ?)"
-        ))
-        .bind(actor)
-        .bind(action.as_str())
-        .bind(gid)
-        .bind(reason)
-        .execute(&mut *db)
-        .await
-        .ctx("audit")?;
-        let status: String = sqlx::query_scalar("SELECT status FROM dtx_global WHERE gid = ?")
-            .bind(gid)
-            .fetch_one(&mut *db)
-            .await
-            .ctx("read status")?;
-        db.commit().await.ctx("commit operator action")?;
-        Ok(Operated::Done(super::parse(gid, &status)?))
-    }
-
-    async fn audit(&self, gid: &str) -> Result<Vec<super::AuditRow>, StoreError> {
-        let rows: Vec<(i64, String, String, String)> = sqlx::query_as(
-            "SELECT at, actor, action, reason FROM dtx_audit WHERE gid = ? ORDER BY id",
-        )
-        .bind(gid)
-        .fetch_all(&self.pool)
-        .await
-        .ctx("read audit")?;
-        Ok(rows
-            .into_iter()
-            .map(|(at, actor, action, reason)| super::AuditRow {
-                at,
-                actor,
-                action,
-                reason,
-            })
-            .collect())
-    }
-
     async fn release_leases(&self, owner: &str) -> Result<u64, StoreError> {
         Ok(sqlx::query(
             "UPDATE dtx_global SET lease_owner = NULL, lease_until = NULL, version = version + 1 \
@@ -502,37 +414,42 @@ impl super::Store for MySqlStore {
         .rows_affected())
     }
 
-    async fn list(&self, f: &ListFilter) -> Result<Vec<GlobalRow>, StoreError> {
-        let mut qb = QueryBuilder::<MySql>::new("SELECT * FROM dtx_global WHERE 1 = 1");
-        if let Some(s) = f.status {
-            qb.push(" AND status = ").push_bind(s.as_str());
-        }
-        if let Some(t) = f.trans_type {
-            qb.push(" AND trans_type = ").push_bind(t.as_str());
-        }
-        match f.needs_attention {
-            Some(true) => {
-                qb.push(" AND needs_attention IS NOT NULL");
-            }
-            Some(false) => {
-                qb.push(" AND needs_attention IS NULL");
-            }
-            None => {}
-        }
-        if let Some((at, gid)) = &f.before {
-            qb.push(" AND (created_at < ")
-                .push_bind(*at)
-                .push(" OR (created_at = ")
-                .push_bind(*at);
-            qb.push(" AND gid < ").push_bind(gid.clone()).push("))");
-        }
-        qb.push(" ORDER BY created_at DESC, gid DESC LIMIT ")
-            .push_bind(f.limit);
-        let rows = qb
-            .build()
-            .fetch_all(&self.pool)
-            .await
-            .ctx("list transactions")?;
-        rows.iter().map(global_from_row).collect()
+    async fn operate(
+        &self,
+        gid: &str,
+        action: &super::OperatorAction,
+        actor: &str,
+        reason: &str,
+    ) -> Result<super::Operated, super::StoreError> {
+        self.admin_operate(gid, action, actor, reason).await
     }
+    async fn audit(&self, gid: &str) -> Result<Vec<super::AuditRow>, super::StoreError> {
+        self.admin_audit(gid).await
+    }
+    async fn list(
+        &self,
+        f: &super::ListFilter,
+    ) -> Result<Vec<super::GlobalRow>, super::StoreError> {
+        self.admin_list(f).await
+    }
+    async fn attempts(&self, gid: &str) -> Result<Vec<super::AttemptRow>, super::StoreError> {
+        self.admin_attempts(gid).await
+    }
+    async fn overview(&self, now: i64) -> Result<super::Overview, super::StoreError> {
+        self.admin_overview(now).await
+    }
+    async fn gauges(&self) -> Result<super::Gauges, super::StoreError> {
+        self.admin_gauges().await
+    }
+}
+
+super::sql::admin_queries! {
+    store: MySqlStore,
+    db: MySql,
+    write: pool,
+    read: pool,
+    now: now!(),
+    begin: "BEGIN",
+    lock: " FOR UPDATE",
+    minute: "finished_at DIV 60000",
 }

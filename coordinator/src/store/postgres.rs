@@ -42,6 +42,7 @@ super::sql::sql_store! {
     backend: "postgres",
     now: "CAST(FLOOR(EXTRACT(EPOCH FROM clock_timestamp()) * 1000) AS BIGINT)",
     begin: "BEGIN",
+    lock: " FOR UPDATE",
     claim: "UPDATE dtx_global SET lease_owner = $1, \
             lease_until = CAST(FLOOR(EXTRACT(EPOCH FROM clock_timestamp()) * 1000) AS BIGINT) + $2, version = version + 1 \
             WHERE gid IN (SELECT gid FROM dtx_global \
@@ -52,6 +53,7 @@ super::sql::sql_store! {
     migrations: super::sql::migrations(&[
         (1, "coordinator", include_str!("../../../migrations/postgres/0001_coordinator.sql")),
         (2, "audit", include_str!("../../../migrations/postgres/0002_audit.sql")),
+        (3, "dashboard", include_str!("../../../migrations/postgres/0003_dashboard.sql")),
     ]),
 }
 

@@ -70,6 +70,7 @@ macro_rules! sql_store {
         backend: $backend:literal,
         now: $now:literal,
         begin: $begin:literal,
+        lock: $lock:literal,
         claim: $claim:expr,
         migrations: $migrations:expr $(,)?
     ) => {
@@ -345,83 +346,6 @@ macro_rules! sql_store {
                     .ctx("claim due transactions")
             }
 
-            async fn operate(
-                &self,
-                gid: &str,
-                action: $crate::store::OperatorAction,
-                actor: &str,
-                reason: &str,
-            ) -> Result<$crate::store::Operated, $crate::store::StoreError> {
-                use $crate::store::{Context, OperatorAction, Operated};
-                let mut db = self.write.begin_with($begin).await.ctx("begin operator action")?;
-                let moved = match action {
-                    OperatorAction::RetryNow => sqlx::query(concat!(
-                        "UPDATE dtx_global SET needs_attention = NULL, next_attempt_at = ", $now,
-                        ", lease_owner = NULL, lease_until = NULL, version = version + 1, updated_at = ", $now,
-                        " WHERE gid = $1 AND status NOT IN ('succeeded', 'failed')"
-                    ))
-                    .bind(gid),
-                    OperatorAction::ForceAbort => sqlx::query(concat!(
-                        "UPDATE dtx_global SET status = 'aborting', needs_attention = NULL, rollback_reason = COALESCE(rollback_reason, $2), ",
-                        "next_attempt_at = ", $now, ", lease_owner = NULL, lease_until = NULL, version = version + 1, updated_at = ", $now,
-                        " WHERE gid = $1 AND (status IN ('prepared', 'aborting') OR (status = 'submitted' AND trans_type = 'saga'))"
-                    ))
-                    .bind(gid)
-                    .bind(format!("forced by {actor}: {reason}")),
-                }
-                .execute(&mut *db)
-                .await
-                .ctx("operator action")?
-                .rows_affected();
-                if moved == 0 {
-                    let row: Option<(String, String)> = sqlx::query_as("SELECT status, trans_type FROM dtx_global WHERE gid = $1")
-                        .bind(gid)
-                        .fetch_optional(&mut *db)
-                        .await
-                        .ctx("read status")?;
-                    return Ok(match row {
-                        None => Operated::NotFound,
-                        Some((s, t)) => Operated::Refused($crate::store::parse(gid, &s)?, $crate::store::parse(gid, &t)?),
-                    });
-                }
-                // A fresh budget for what is still to do; a phase-2 op that answered FAILURE
-                // is tried again (the operator says the participant is fixed).
-                sqlx::query(concat!(
-                    "UPDATE dtx_branch SET attempts = 0, next_at = 0, status = 'pending', updated_at = ", $now,
-                    " WHERE gid = $1 AND (status = 'pending' OR (status = 'failed' AND op IN ('compensate', 'confirm', 'cancel', 'commit', 'rollback')))"
-                ))
-                .bind(gid)
-                .execute(&mut *db)
-                .await
-                .ctx("reset branch budgets")?;
-                sqlx::query(concat!("INSERT INTO dtx_audit (at, actor, action, gid, reason) VALUES (", $now, ", $1, $2, $3, $4)"))
-                    .bind(actor)
-                    .bind(action.as_str())
-                    .bind(gid)
-                    .bind(reason)
-                    .execute(&mut *db)
-                    .await
-                    .ctx("audit")?;
-                let status: String = sqlx::query_scalar("SELECT status FROM dtx_global WHERE gid = $1")
-                    .bind(gid)
-                    .fetch_one(&mut *db)
-                    .await
-                    .ctx("read status")?;
-                db.commit().await.ctx("commit operator action")?;
-                Ok(Operated::Done($crate::store::parse(gid, &status)?))
-            }
-
-            async fn audit(&self, gid: &str) -> Result<Vec<$crate::store::AuditRow>, $crate::store::StoreError> {
-                use $crate::store::Context;
-                let rows: Vec<(i64, String, String, String)> =
-                    sqlx::query_as("SELECT at, actor, action, reason FROM dtx_audit WHERE gid = $1 ORDER BY id")
-                        .bind(gid)
-                        .fetch_all(&self.read)
-                        .await
-                        .ctx("read audit")?;
-                Ok(rows.into_iter().map(|(at, actor, action, reason)| $crate::store::AuditRow { at, actor, action, reason }).collect())
-            }
-
             async fn release_leases(&self, owner: &str) -> Result<u64, $crate::store::StoreError> {
                 use $crate::store::Context;
                 Ok(sqlx::query(
@@ -435,34 +359,332 @@ macro_rules! sql_store {
                 .rows_affected())
             }
 
-            async fn list(&self, f: &$crate::store::ListFilter) -> Result<Vec<$crate::store::GlobalRow>, $crate::store::StoreError> {
-                use $crate::store::Context;
-                let (before_at, before_gid) = match &f.before {
-                    Some((at, gid)) => (Some(*at), Some(gid.as_str())),
-                    None => (None, None),
-                };
-                let rows = sqlx::query(
-                    "SELECT * FROM dtx_global WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR trans_type = $2) \
-                     AND ($3 IS NULL OR ($3 = (needs_attention IS NOT NULL))) \
-                     AND ($4 IS NULL OR created_at < $4 OR (created_at = $4 AND gid < $5)) \
-                     ORDER BY created_at DESC, gid DESC LIMIT $6",
-                )
-                .bind(f.status.map(|s| s.as_str()))
-                .bind(f.trans_type.map(|t| t.as_str()))
-                .bind(f.needs_attention)
-                .bind(before_at)
-                .bind(before_gid)
-                .bind(f.limit)
-                .fetch_all(&self.read)
-                .await
-                .ctx("list transactions")?;
-                rows.iter().map(global_from_row).collect()
+            async fn operate(
+                &self,
+                gid: &str,
+                action: &$crate::store::OperatorAction,
+                actor: &str,
+                reason: &str,
+            ) -> Result<$crate::store::Operated, $crate::store::StoreError> {
+                self.admin_operate(gid, action, actor, reason).await
             }
+            async fn audit(&self, gid: &str) -> Result<Vec<$crate::store::AuditRow>, $crate::store::StoreError> {
+                self.admin_audit(gid).await
+            }
+            async fn list(&self, f: &$crate::store::ListFilter) -> Result<Vec<$crate::store::GlobalRow>, $crate::store::StoreError> {
+                self.admin_list(f).await
+            }
+            async fn attempts(&self, gid: &str) -> Result<Vec<$crate::store::AttemptRow>, $crate::store::StoreError> {
+                self.admin_attempts(gid).await
+            }
+            async fn overview(&self, now: i64) -> Result<$crate::store::Overview, $crate::store::StoreError> {
+                self.admin_overview(now).await
+            }
+            async fn gauges(&self) -> Result<$crate::store::Gauges, $crate::store::StoreError> {
+                self.admin_gauges().await
+            }
+        }
+
+        $crate::store::sql::admin_queries! {
+            store: $store,
+            db: $db,
+            write: write,
+            read: read,
+            now: $now,
+            begin: $begin,
+            lock: $lock,
+            minute: "finished_at / 60000",
         }
     };
 }
 
 pub(crate) use sql_store;
+
+/// The operator's queries and actions, shared by every backend (the query builder writes
+/// each one's placeholders): `write`/`read` name the pools, `now` the database clock in
+/// SQL, `begin` the statement opening a write transaction, `lock` the suffix locking a row
+/// read in it, `minute` the minute of `finished_at` in integer arithmetic.
+macro_rules! admin_queries {
+    (
+        store: $store:ty,
+        db: $db:ty,
+        write: $write:ident,
+        read: $read:ident,
+        now: $now:expr,
+        begin: $begin:expr,
+        lock: $lock:literal,
+        minute: $minute:literal $(,)?
+    ) => {
+        impl $store {
+        async fn admin_operate(
+            &self,
+            gid: &str,
+            action: &$crate::store::OperatorAction,
+            actor: &str,
+            reason: &str,
+        ) -> Result<$crate::store::Operated, $crate::store::StoreError> {
+            use dtx::OpStatus;
+            use $crate::store::{Context, Operated, OperatorAction};
+            type Qb = sqlx::QueryBuilder<$db>;
+            let mut db = self.$write.begin_with($begin).await.ctx("begin operator action")?;
+            let mut qb = Qb::new("SELECT status, trans_type, options FROM dtx_global WHERE gid = ");
+            qb.push_bind(gid.to_owned()).push($lock);
+            let row: Option<(String, String, String)> = qb
+                .build_query_as()
+                .fetch_optional(&mut *db)
+                .await
+                .ctx("read transaction")?;
+            let Some((status, trans_type, options)) = row else {
+                return Ok(Operated::NotFound);
+            };
+            let status: dtx::GlobalStatus = $crate::store::parse(gid, &status)?;
+            let trans_type: dtx::TransType = $crate::store::parse(gid, &trans_type)?;
+            if !action.allowed(status, trans_type) {
+                return Ok(Operated::Refused(status, trans_type));
+            }
+            if let Some((branch_id, op)) = action.target_op() {
+                let mut qb = Qb::new("SELECT status FROM dtx_branch WHERE gid = ");
+                qb.push_bind(gid.to_owned())
+                    .push(" AND branch_id = ")
+                    .push_bind(branch_id.to_owned())
+                    .push(" AND op = ")
+                    .push_bind(op.as_str().to_owned());
+                let op_status: Option<String> = qb
+                    .build_query_scalar()
+                    .fetch_optional(&mut *db)
+                    .await
+                    .ctx("read branch op")?;
+                let Some(op_status) = op_status else {
+                    return Ok(Operated::NoSuchOp(None));
+                };
+                let op_status: OpStatus = $crate::store::parse(gid, &op_status)?;
+                // Only what is still to do (or a phase-2 op that answered FAILURE) can be
+                // retried or marked done; a saga action that failed decided the rollback.
+                let open = op_status == OpStatus::Pending
+                    || (op_status == OpStatus::Failed && op.is_phase_two());
+                if !open {
+                    return Ok(Operated::NoSuchOp(Some(op_status)));
+                }
+            }
+            let mut qb = Qb::new("UPDATE dtx_global SET needs_attention = NULL, next_attempt_at = ");
+            qb.push($now)
+                .push(", lease_owner = NULL, lease_until = NULL, version = version + 1, updated_at = ")
+                .push($now);
+            match action {
+                OperatorAction::ForceAbort => {
+                    qb.push(", status = 'aborting', rollback_reason = COALESCE(rollback_reason, ")
+                        .push_bind(format!("forced by {actor}: {reason}"))
+                        .push(")");
+                }
+                OperatorAction::SetBudget { retry_limit, max_age_ms } => {
+                    let mut stored: $crate::service::StoredOptions = serde_json::from_str(&options)
+                        .map_err(|e| $crate::store::StoreError::Corrupt {
+                            gid: gid.to_owned(),
+                            detail: e.to_string(),
+                        })?;
+                    if let Some(l) = retry_limit {
+                        stored.policy.retry_limit = *l;
+                    }
+                    if let Some(a) = max_age_ms {
+                        stored.policy.max_age_ms = *a;
+                    }
+                    let text = serde_json::to_string(&stored).map_err(|e| {
+                        $crate::store::StoreError::Corrupt { gid: gid.to_owned(), detail: e.to_string() }
+                    })?;
+                    qb.push(", options = ").push_bind(text);
+                }
+                _ => {}
+            }
+            qb.push(" WHERE gid = ").push_bind(gid.to_owned());
+            qb.build().execute(&mut *db).await.ctx("operator action")?;
+
+            let mut qb = Qb::new("UPDATE dtx_branch SET updated_at = ");
+            qb.push($now);
+            match action {
+                OperatorAction::MarkDone { .. } => {
+                    qb.push(", status = 'succeeded', next_at = 0, last_error = ")
+                        .push_bind(format!("marked done by {actor}: {reason}"));
+                }
+                OperatorAction::SetBudget { retry_limit, .. } => match retry_limit {
+                    // Ops with a limit of their own get the new one.
+                    Some(l) => {
+                        qb.push(", retry_limit = CASE WHEN retry_limit IS NULL THEN NULL ELSE ")
+                            .push_bind(i64::from(*l))
+                            .push(" END, next_at = 0");
+                    }
+                    None => {
+                        qb.push(", next_at = 0");
+                    }
+                },
+                // A fresh budget for what is still to do; a phase-2 op that answered
+                // FAILURE is tried again (the operator says the participant is fixed).
+                _ => {
+                    qb.push(", attempts = 0, next_at = 0, status = 'pending'");
+                }
+            }
+            qb.push(" WHERE gid = ").push_bind(gid.to_owned());
+            if let Some((branch_id, op)) = action.target_op() {
+                qb.push(" AND branch_id = ")
+                    .push_bind(branch_id.to_owned())
+                    .push(" AND op = ")
+                    .push_bind(op.as_str().to_owned());
+            }
+            qb.push(" AND (status = 'pending' OR (status = 'failed' AND op IN ('compensate', 'confirm', 'cancel', 'commit', 'rollback')))");
+            qb.build().execute(&mut *db).await.ctx("update branch ops")?;
+
+            let mut qb = Qb::new("INSERT INTO dtx_audit (at, actor, action, gid, reason, detail) VALUES (");
+            qb.push($now)
+                .push(", ")
+                .push_bind(actor.to_owned())
+                .push(", ")
+                .push_bind(action.as_str().to_owned())
+                .push(", ")
+                .push_bind(gid.to_owned())
+                .push(", ")
+                .push_bind(reason.to_owned())
+                .push(", ")
+                .push_bind(action.detail())
+                .push(")");
+            qb.build().execute(&mut *db).await.ctx("audit")?;
+            let mut qb = Qb::new("SELECT status FROM dtx_global WHERE gid = ");
+            qb.push_bind(gid.to_owned());
+            let status: String = qb
+                .build_query_scalar()
+                .fetch_one(&mut *db)
+                .await
+                .ctx("read status")?;
+            db.commit().await.ctx("commit operator action")?;
+            Ok(Operated::Done($crate::store::parse(gid, &status)?))
+        }
+
+        async fn admin_audit(&self, gid: &str) -> Result<Vec<$crate::store::AuditRow>, $crate::store::StoreError> {
+            use $crate::store::Context;
+            let mut qb = sqlx::QueryBuilder::<$db>::new(
+                "SELECT at, actor, action, reason, detail FROM dtx_audit WHERE gid = ",
+            );
+            qb.push_bind(gid.to_owned()).push(" ORDER BY id");
+            let rows: Vec<(i64, String, String, String, Option<String>)> = qb
+                .build_query_as()
+                .fetch_all(&self.$read)
+                .await
+                .ctx("read audit")?;
+            Ok(rows
+                .into_iter()
+                .map(|(at, actor, action, reason, detail)| $crate::store::AuditRow { at, actor, action, reason, detail })
+                .collect())
+        }
+
+        async fn admin_list(&self, f: &$crate::store::ListFilter) -> Result<Vec<$crate::store::GlobalRow>, $crate::store::StoreError> {
+            use $crate::store::Context;
+            let rows = $crate::store::list_query::<$db>(f)
+                .build()
+                .fetch_all(&self.$read)
+                .await
+                .ctx("list transactions")?;
+            rows.iter().map(global_from_row).collect()
+        }
+
+        async fn admin_attempts(&self, gid: &str) -> Result<Vec<$crate::store::AttemptRow>, $crate::store::StoreError> {
+            use $crate::store::Context;
+            let mut qb = sqlx::QueryBuilder::<$db>::new(
+                "SELECT branch_id, op, started_at, duration_ms, outcome, error, owner FROM dtx_attempt WHERE gid = ",
+            );
+            qb.push_bind(gid.to_owned()).push(" ORDER BY id LIMIT 1000");
+            let rows: Vec<(String, String, i64, i64, String, Option<String>, String)> = qb
+                .build_query_as()
+                .fetch_all(&self.$read)
+                .await
+                .ctx("read attempts")?;
+            Ok(rows
+                .into_iter()
+                .map(|(branch_id, op, started_at, duration_ms, outcome, error, owner)| $crate::store::AttemptRow {
+                    branch_id, op, started_at, duration_ms, outcome, error, owner,
+                })
+                .collect())
+        }
+
+        async fn admin_overview(&self, now: i64) -> Result<$crate::store::Overview, $crate::store::StoreError> {
+            use $crate::store::{Context, MinuteBucket, StatusCount};
+            let counts: Vec<(String, String, i64)> = sqlx::query_as(
+                "SELECT status, trans_type, COUNT(*) FROM dtx_global GROUP BY status, trans_type",
+            )
+            .fetch_all(&self.$read)
+            .await
+            .ctx("count transactions")?;
+            let counts = counts
+                .into_iter()
+                .map(|(s, t, count)| {
+                    Ok(StatusCount {
+                        status: $crate::store::parse("?", &s)?,
+                        trans_type: $crate::store::parse("?", &t)?,
+                        count,
+                    })
+                })
+                .collect::<Result<Vec<_>, $crate::store::StoreError>>()?;
+            // Non-final rows are exactly those due (next_attempt_at set) or parked
+            // (needs_attention set): both are indexed, the final millions are not read.
+            let rows = |sql: &'static str| async move {
+                let r = sqlx::query(sql).fetch_all(&self.$read).await.ctx("list stuck transactions")?;
+                r.iter().map(global_from_row).collect::<Result<Vec<_>, _>>()
+            };
+            let needs_attention = rows(
+                "SELECT * FROM dtx_global WHERE needs_attention IS NOT NULL ORDER BY created_at, gid LIMIT 20",
+            )
+            .await?;
+            let retrying = rows(
+                "SELECT * FROM dtx_global WHERE next_attempt_at IS NOT NULL AND EXISTS (SELECT 1 FROM dtx_branch b                  WHERE b.gid = dtx_global.gid AND b.status = 'pending' AND b.last_error IS NOT NULL)                  ORDER BY created_at, gid LIMIT 20",
+            )
+            .await?;
+            let oldest = rows(
+                "SELECT * FROM dtx_global WHERE next_attempt_at IS NOT NULL OR needs_attention IS NOT NULL                  ORDER BY created_at, gid LIMIT 20",
+            )
+            .await?;
+            let since = (now / 60_000 - 59) * 60_000;
+            let mut qb = sqlx::QueryBuilder::<$db>::new(concat!(
+                "SELECT ", $minute, " AS m, status, COUNT(*) FROM dtx_global WHERE finished_at >= "
+            ));
+            qb.push_bind(since)
+                .push(concat!(" GROUP BY ", $minute, ", status"));
+            let buckets: Vec<(i64, String, i64)> = qb
+                .build_query_as()
+                .fetch_all(&self.$read)
+                .await
+                .ctx("count finished transactions")?;
+            let mut finished: Vec<MinuteBucket> = Vec::new();
+            for (m, status, n) in buckets {
+                let minute = m * 60_000;
+                let i = match finished.iter().position(|b| b.minute == minute) {
+                    Some(i) => i,
+                    None => {
+                        finished.push(MinuteBucket { minute, ..Default::default() });
+                        finished.len() - 1
+                    }
+                };
+                if status == "succeeded" {
+                    finished[i].succeeded += n;
+                } else {
+                    finished[i].failed += n;
+                }
+            }
+            finished.sort_by_key(|b| b.minute);
+            Ok($crate::store::Overview { counts, needs_attention, retrying, oldest, finished })
+        }
+
+        async fn admin_gauges(&self) -> Result<$crate::store::Gauges, $crate::store::StoreError> {
+            use $crate::store::Context;
+            let (in_flight, needs_attention, oldest_created_at): (i64, i64, Option<i64>) = sqlx::query_as(
+                "SELECT COUNT(*), COUNT(needs_attention), MIN(created_at) FROM dtx_global                  WHERE next_attempt_at IS NOT NULL OR needs_attention IS NOT NULL",
+            )
+            .fetch_one(&self.$read)
+            .await
+            .ctx("read gauges")?;
+            Ok($crate::store::Gauges { in_flight, needs_attention, oldest_created_at })
+        }
+        }
+    };
+}
+
+pub(crate) use admin_queries;
 
 /// Builds the embedded migrations of one backend from `(version, description, sql)`.
 pub(crate) fn migrations(

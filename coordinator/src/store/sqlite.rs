@@ -50,6 +50,7 @@ super::sql::sql_store! {
     backend: "sqlite",
     now: "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
     begin: "BEGIN IMMEDIATE",
+    lock: "",
     claim: "UPDATE dtx_global SET lease_owner = $1, \
             lease_until = CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER) + $2, version = version + 1 \
             WHERE gid IN (SELECT gid FROM dtx_global \
@@ -60,6 +61,7 @@ super::sql::sql_store! {
     migrations: super::sql::migrations(&[
         (1, "coordinator", include_str!("../../../migrations/sqlite/0001_coordinator.sql")),
         (2, "audit", include_str!("../../../migrations/sqlite/0002_audit.sql")),
+        (3, "dashboard", include_str!("../../../migrations/sqlite/0003_dashboard.sql")),
     ]),
 }
 
