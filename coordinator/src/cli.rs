@@ -303,13 +303,6 @@ async fn tx(url: &str, token: Option<&str>, action: TxCommand) -> Result<(), Str
 /// Runs the command line; the binary's `main`.
 pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("DTX_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let config = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -325,6 +318,19 @@ pub fn main() -> std::process::ExitCode {
         Err(e) => {
             eprintln!("dtx-coordinator: cannot start the async runtime: {e}");
             return std::process::ExitCode::FAILURE;
+        }
+    };
+    // Outside the runtime: the OTLP exporter's blocking HTTP client runs on the batch
+    // processor's own thread and must not be made (or dropped) inside an async context.
+    let serving = matches!(cli.command, None | Some(Command::Serve));
+    let endpoint = serving
+        .then(|| crate::telemetry::endpoint(config.otlp_endpoint.as_deref()))
+        .flatten();
+    let telemetry = match crate::telemetry::init(endpoint.as_deref()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("dtx-coordinator: {e}");
+            return std::process::ExitCode::from(2);
         }
     };
     let result = runtime.block_on(async move {
@@ -346,6 +352,7 @@ pub fn main() -> std::process::ExitCode {
             .map_err(|e| e.to_string()),
         }
     });
+    telemetry.shutdown();
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -51,6 +51,9 @@ pub struct Config {
     /// Group commit: share one database commit between the writes of many transactions
     /// (each write is still acknowledged only after its commit). Env: `DTX_GROUP_COMMIT`.
     pub group_commit: bool,
+    /// OTLP/HTTP endpoint (e.g. `http://127.0.0.1:4318`) to export traces to; unset: the
+    /// standard `OTEL_EXPORTER_OTLP_ENDPOINT`, else no export. Env: `DTX_OTLP_ENDPOINT`.
+    pub otlp_endpoint: Option<String>,
     /// Default retry and timeout rules of new transactions.
     pub defaults: Defaults,
 }
@@ -122,6 +125,7 @@ impl Default for Config {
             shutdown_timeout_ms: 10_000,
             calls_per_target: 64,
             tokens: Vec::new(),
+            otlp_endpoint: None,
             target_limits: Default::default(),
             defaults: Defaults::default(),
         }
@@ -224,6 +228,9 @@ impl Config {
                     role,
                 });
             }
+        }
+        if let Some(v) = var("DTX_OTLP_ENDPOINT").filter(|v| !v.is_empty()) {
+            self.otlp_endpoint = Some(v);
         }
         if let Some(v) = var("DTX_LISTEN") {
             self.listen = v;

@@ -112,6 +112,7 @@ struct Working {
     ops: Vec<OpState>,
     rows: Vec<OpRow>,
     headers: BTreeMap<String, String>,
+    traceparent: Option<String>,
     rollback_reason: Option<String>,
     /// When our lease runs out, as far as we know (database clock).
     lease_deadline: i64,
@@ -207,16 +208,41 @@ impl Driver {
 
     fn spawn_with(self: &Arc<Self>, gid: String, known: Option<Working>) {
         let this = Arc::clone(self);
-        let span = info_span!("tx", gid = %gid);
-        tokio::spawn(
-            async move {
-                let Ok(_permit) = this.permits.clone().acquire_owned().await else { return };
-                if let Err(e) = this.drive_from(&gid, known).await {
-                    warn!(error = %e, "drive interrupted; the poller will resume it after the lease expires");
-                }
+        tokio::spawn(async move {
+            let Ok(_permit) = this.permits.clone().acquire_owned().await else {
+                return;
+            };
+            // Loaded before the span opens, so that the span continues the transaction's
+            // trace (kept with it since its creation).
+            let w = match known {
+                Some(w) => w,
+                None => match this.load(&gid).await {
+                    Ok(Some(w)) => w,
+                    Ok(None) => {
+                        debug!(gid = %gid, "not leased to this process; leaving it");
+                        return;
+                    }
+                    Err(e) => {
+                        warn!(gid = %gid, error = %e, "cannot load a claimed transaction; the poller will resume it after the lease expires");
+                        return;
+                    }
+                },
+            };
+            let span = info_span!(
+                "transaction",
+                gid = %gid,
+                trans_type = %w.tx.trans_type,
+                status = %w.tx.status
+            );
+            crate::telemetry::set_parent(&span, w.traceparent.as_deref());
+            if let Err(e) = this
+                .drive_from(&gid, Some(w))
+                .instrument(span.clone())
+                .await
+            {
+                span.in_scope(|| warn!(error = %e, "drive interrupted; the poller will resume it after the lease expires"));
             }
-            .instrument(span),
-        );
+        });
     }
 
     /// Free driving slots (the worker pool's size minus the transactions being driven).
@@ -431,23 +457,43 @@ impl Driver {
     async fn call_all(&self, w: &Working, calls: &[usize]) -> Vec<(usize, Outcome, i64, Duration)> {
         let futures = calls.iter().map(|&i| {
             let row = &w.rows[i];
+            let span = info_span!(
+                "branch_call",
+                branch_id = %row.branch_id,
+                op = %row.op,
+                url = %row.target,
+                otel.kind = "client",
+                outcome = tracing::field::Empty,
+            );
+            let traceparent =
+                crate::telemetry::outgoing_traceparent(&span, w.traceparent.as_deref());
             let timeout = row
                 .request_timeout_ms
                 .map_or(w.tx.policy.request_timeout_ms, |t| t as u64);
-            let call = BranchCall {
-                gid: &w.gid,
-                trans_type: w.tx.trans_type,
-                branch_id: &row.branch_id,
-                op: row.op,
-                target: &row.target,
-                payload: &row.payload,
-                headers: &w.headers,
-                timeout: Duration::from_millis(timeout),
-            };
             async move {
+                let call = BranchCall {
+                    gid: &w.gid,
+                    trans_type: w.tx.trans_type,
+                    branch_id: &row.branch_id,
+                    op: row.op,
+                    target: &row.target,
+                    payload: &row.payload,
+                    headers: &w.headers,
+                    traceparent: traceparent.as_deref(),
+                    timeout: Duration::from_millis(timeout),
+                };
                 let started_at = self.clock.now();
                 let t0 = Instant::now();
-                let outcome = self.invoker.call(&call).await;
+                let outcome = self.invoker.call(&call).instrument(span.clone()).await;
+                span.record(
+                    "outcome",
+                    match &outcome {
+                        Outcome::Success => "success",
+                        Outcome::Failure(_) => "failure",
+                        Outcome::Ongoing => "ongoing",
+                        Outcome::Transient(_) => "transient",
+                    },
+                );
                 (i, outcome, started_at, t0.elapsed())
             }
         });
@@ -517,6 +563,7 @@ fn working(row: GlobalRow, rows: Vec<OpRow>) -> Result<Working, DriveError> {
         ops,
         rows,
         headers: options.branch_headers,
+        traceparent: options.traceparent,
         rollback_reason: row.rollback_reason,
         lease_deadline: row.lease_until.unwrap_or(0),
     })

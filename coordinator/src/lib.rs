@@ -31,3 +31,4 @@ pub mod metrics;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod telemetry;

@@ -29,6 +29,9 @@ pub struct StoredOptions {
     /// Saga: for each step, the steps it waits for (`None`: sequential).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub saga_after: Option<Vec<Vec<usize>>>,
+    /// W3C trace context the transaction's drives continue (the initiator's, or made up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
     /// Opaque data of a DTM client, returned by `query`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub custom_data: Option<String>,
@@ -199,6 +202,10 @@ impl Coordinator {
             branch_headers: o.branch_headers.clone(),
             saga_after,
             custom_data,
+            traceparent: Some(
+                crate::telemetry::request_traceparent()
+                    .unwrap_or_else(crate::telemetry::new_traceparent),
+            ),
         };
         serde_json::to_string(&stored).map_err(|e| invalid("options", e.to_string()))
     }

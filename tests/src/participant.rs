@@ -53,6 +53,8 @@ pub struct Recorded {
     pub trans_type: String,
     /// Header `dtx-gid`.
     pub header_gid: Option<String>,
+    /// Header `traceparent`.
+    pub traceparent: Option<String>,
     /// Request body.
     pub body: Vec<u8>,
     /// When the call arrived.
@@ -183,6 +185,10 @@ async fn handle(
             trans_type: get("trans_type"),
             header_gid: headers
                 .get("dtx-gid")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            traceparent: headers
+                .get("traceparent")
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned),
             body: body.to_vec(),

@@ -31,8 +31,23 @@ pub fn router(coordinator: Arc<Coordinator>) -> Router {
         .nest("/api/dtmsvr", dtm::router())
         .nest("/api/admin", admin::router())
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(traceparent_scope))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(coordinator)
+}
+
+/// Makes the initiator's `traceparent` header visible to the service while it serves the
+/// request (it is kept with the transactions the request creates).
+async fn traceparent_scope(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let tp = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    crate::telemetry::with_request_traceparent(tp, next.run(req)).await
 }
 
 async fn healthz(State(c): State<Arc<Coordinator>>) -> Result<Json<Value>, ApiError> {

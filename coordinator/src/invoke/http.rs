@@ -28,6 +28,8 @@ pub struct BranchCall<'a> {
     pub payload: &'a [u8],
     /// Extra headers.
     pub headers: &'a BTreeMap<String, String>,
+    /// W3C trace context of the call.
+    pub traceparent: Option<&'a str>,
     /// Timeout of the whole call.
     pub timeout: Duration,
 }
@@ -129,6 +131,9 @@ impl HttpInvoker {
             .header("dtx-op", call.op.as_str());
         for (k, v) in call.headers {
             req = req.header(k.as_str(), v.as_str());
+        }
+        if let Some(tp) = call.traceparent {
+            req = req.header("traceparent", tp);
         }
         match req.send().await {
             Ok(res) => {
