@@ -51,6 +51,12 @@ pub struct Config {
     /// Group commit: share one database commit between the writes of many transactions
     /// (each write is still acknowledged only after its commit). Env: `DTX_GROUP_COMMIT`.
     pub group_commit: bool,
+    /// Kafka bootstrap servers (`host:port,...`) for `kafka://TOPIC` message steps. Env:
+    /// `DTX_KAFKA_BROKERS`.
+    pub kafka_brokers: Option<String>,
+    /// Extra librdkafka producer properties (e.g. `"linger.ms" = "5"`); dtx sets
+    /// `enable.idempotence=true` and `acks=all` itself.
+    pub kafka: std::collections::BTreeMap<String, String>,
     /// OTLP/HTTP endpoint (e.g. `http://127.0.0.1:4318`) to export traces to; unset: the
     /// standard `OTEL_EXPORTER_OTLP_ENDPOINT`, else no export. Env: `DTX_OTLP_ENDPOINT`.
     pub otlp_endpoint: Option<String>,
@@ -126,6 +132,8 @@ impl Default for Config {
             calls_per_target: 64,
             tokens: Vec::new(),
             otlp_endpoint: None,
+            kafka_brokers: None,
+            kafka: Default::default(),
             target_limits: Default::default(),
             defaults: Defaults::default(),
         }
@@ -227,6 +235,20 @@ impl Config {
                     token,
                     role,
                 });
+            }
+        }
+        if let Some(v) = var("DTX_KAFKA_BROKERS").filter(|v| !v.is_empty()) {
+            self.kafka_brokers = Some(v);
+        }
+        // librdkafka properties: `name=value,name=value`.
+        if let Some(v) = var("DTX_KAFKA_PROPERTIES").filter(|v| !v.is_empty()) {
+            for pair in v.split(',') {
+                let (k, val) = pair.split_once('=').ok_or_else(|| ConfigError::Env {
+                    name: "DTX_KAFKA_PROPERTIES",
+                    detail: format!("`{pair}`: use name=value,name=value"),
+                })?;
+                self.kafka
+                    .insert(k.trim().to_owned(), val.trim().to_owned());
             }
         }
         if let Some(v) = var("DTX_OTLP_ENDPOINT").filter(|v| !v.is_empty()) {

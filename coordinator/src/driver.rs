@@ -88,6 +88,8 @@ pub struct DriverConfig {
     pub max_inflight: usize,
     /// Calls in flight at once per participant.
     pub target_limits: crate::invoke::http::TargetLimits,
+    /// Publishes `kafka://` message steps (none: such steps wait, failing transiently).
+    pub kafka: Option<crate::invoke::KafkaInvoker>,
 }
 
 /// Drives transactions leased to this process.
@@ -484,7 +486,16 @@ impl Driver {
                 };
                 let started_at = self.clock.now();
                 let t0 = Instant::now();
-                let outcome = self.invoker.call(&call).instrument(span.clone()).await;
+                let outcome = if row.target.starts_with("kafka://") {
+                    match &self.config.kafka {
+                        Some(k) => k.publish(&call).instrument(span.clone()).await,
+                        None => Outcome::Transient(
+                            "no Kafka brokers configured (DTX_KAFKA_BROKERS)".into(),
+                        ),
+                    }
+                } else {
+                    self.invoker.call(&call).instrument(span.clone()).await
+                };
                 span.record(
                     "outcome",
                     match &outcome {

@@ -21,6 +21,9 @@ pub enum StartError {
     /// The store could not be opened or migrated.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The Kafka producer could not be configured.
+    #[error("{0}")]
+    Kafka(String),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -57,6 +60,12 @@ pub async fn serve(
     };
     let clock = Arc::new(DbClock::new(&store).await?);
     let owner = format!("dtx-{}-{:08x}", std::process::id(), fastrand::u32(..));
+    let kafka = match config.kafka_brokers.as_deref().filter(|b| !b.is_empty()) {
+        Some(brokers) => Some(
+            crate::invoke::KafkaInvoker::new(brokers, &config.kafka).map_err(StartError::Kafka)?,
+        ),
+        None => None,
+    };
     let driver = Arc::new(Driver::new(
         Arc::clone(&store),
         Arc::clone(&clock),
@@ -69,6 +78,7 @@ pub async fn serve(
                 config.calls_per_target,
                 config.target_limits.clone(),
             ),
+            kafka: kafka.clone(),
         },
     ));
     let coordinator = Arc::new(Coordinator::new(
@@ -140,6 +150,9 @@ pub async fn serve(
     wait_idle(&driver, deadline).await;
     // Whatever is still out (a call that outlasts the deadline) is released: another
     // coordinator may take it over at once, and this process's late writes are refused.
+    if let Some(k) = &kafka {
+        k.flush(Duration::from_secs(1));
+    }
     match store.release_leases(&owner).await {
         Ok(0) => info!("no leases left to release"),
         Ok(n) => {

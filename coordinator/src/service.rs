@@ -99,6 +99,21 @@ pub struct SagaSpec {
     pub custom_data: Option<String>,
 }
 
+/// A half message (or, unprepared, a reliable message) to store.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MsgSpec {
+    /// The gid (minted when absent).
+    pub gid: Option<String>,
+    /// Steps, delivered in order: `http://...` or `kafka://TOPIC[?key=KEY]`.
+    pub steps: Vec<StepSpec>,
+    /// Where to check back with the initiator (needed by a prepared message).
+    pub query_prepared: Option<String>,
+    /// Options.
+    pub options: TxOptions,
+    /// Opaque client data.
+    pub custom_data: Option<String>,
+}
+
 /// A TCC branch to register.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct BranchSpec {
@@ -321,6 +336,154 @@ impl Coordinator {
         }
     }
 
+    /// Stores a message: `prepared` (invisible until submit, abort or a check-back after
+    /// its timeout) or submitted at once (delivered now). Idempotent per gid.
+    pub async fn put_msg(
+        &self,
+        spec: MsgSpec,
+        prepared: bool,
+        wait: bool,
+    ) -> Result<(String, GlobalStatus), ServiceError> {
+        let gid = self.gid_or_new(spec.gid)?;
+        let n = spec.steps.len();
+        if n == 0 {
+            return Err(invalid("steps", "a message needs at least one step"));
+        }
+        if n > self.config.max_branches {
+            return Err(invalid(
+                "steps",
+                format!(
+                    "{n} steps; at most {} are allowed",
+                    self.config.max_branches
+                ),
+            ));
+        }
+        let query_prepared = spec.query_prepared.filter(|q| !q.is_empty());
+        match &query_prepared {
+            Some(q) => validate_url("query_prepared", q)?,
+            None if prepared => {
+                return Err(invalid(
+                    "query_prepared",
+                    "a prepared message needs a URL to check back with the initiator",
+                ));
+            }
+            None => {}
+        }
+        let mut ops = Vec::with_capacity(n + 1);
+        if let Some(q) = &query_prepared {
+            ops.push(NewOp {
+                branch_id: crate::engine::msg::CHECK_BACK_BRANCH.into(),
+                op: Op::Msg,
+                seq: 0,
+                target: q.clone(),
+                payload: Vec::new(),
+                retry_limit: None,
+                request_timeout_ms: None,
+            });
+        }
+        for (i, step) in spec.steps.iter().enumerate() {
+            let field = format!("steps[{i}].action");
+            if step.action.starts_with("kafka:") {
+                crate::invoke::kafka::parse_target(&step.action).map_err(|m| invalid(&field, m))?;
+                if self.kafka_brokers().is_none() {
+                    return Err(invalid(
+                        field,
+                        "kafka:// steps need the coordinator's DTX_KAFKA_BROKERS to be set",
+                    ));
+                }
+            } else {
+                validate_url(&field, &step.action)?;
+            }
+            if step.compensate.as_deref().is_some_and(|c| !c.is_empty()) {
+                return Err(invalid(
+                    format!("steps[{i}].compensate"),
+                    "a message's steps are not compensated (delivery is at-least-once)",
+                ));
+            }
+            if let Some(t) = step.request_timeout_ms {
+                validate_timeout(&format!("steps[{i}].request_timeout_ms"), t)?;
+            }
+            ops.push(NewOp {
+                branch_id: format!("{:02}", i + 1),
+                op: Op::Action,
+                seq: i as i64,
+                target: step.action.clone(),
+                payload: step.payload.clone(),
+                retry_limit: step.retry_limit.map(i64::from),
+                request_timeout_ms: step.request_timeout_ms.map(|t| t as i64),
+            });
+        }
+        let options = self.stored_options(&spec.options, None, spec.custom_data)?;
+        let timeout = spec
+            .options
+            .timeout_to_fail_ms
+            .unwrap_or(self.config.defaults.tcc_timeout_to_fail_ms) as i64;
+        let slowest = spec
+            .options
+            .request_timeout_ms
+            .unwrap_or(self.config.defaults.request_timeout_ms);
+        let new = NewTransaction {
+            gid: gid.clone(),
+            trans_type: TransType::Msg,
+            status: if prepared {
+                GlobalStatus::Prepared
+            } else {
+                GlobalStatus::Submitted
+            },
+            options,
+            timeout_ms: prepared.then_some(timeout),
+            first_look_ms: if prepared { timeout } else { 0 },
+            lease: (!prepared).then(|| self.lease(slowest)),
+            ops,
+        };
+        let created_at = self.driver.now();
+        match self.store.insert(&new).await? {
+            Inserted::Created { .. } => {
+                self.metrics().started(TransType::Msg);
+                info!(gid = %gid, steps = n, prepared, "message stored");
+                if prepared {
+                    return Ok((gid, GlobalStatus::Prepared));
+                }
+                let waiter = wait.then(|| self.driver.waiters.subscribe(&gid));
+                self.driver
+                    .spawn_new(&new, created_at)
+                    .map_err(|e| ServiceError::Conflict(e.to_string()))?;
+                match waiter {
+                    Some(rx) => Ok((
+                        gid.clone(),
+                        self.wait_on(&gid, rx, Some(GlobalStatus::Submitted))
+                            .await?,
+                    )),
+                    None => Ok((gid, GlobalStatus::Submitted)),
+                }
+            }
+            // The same message again (a client's retry): prepare is idempotent; a submit
+            // of a prepared one submits it.
+            Inserted::Exists(row) if row.trans_type == TransType::Msg => {
+                if !prepared && row.status == GlobalStatus::Prepared {
+                    let status = self.submit(&gid, wait).await?;
+                    Ok((gid, status))
+                } else if wait && !prepared && !row.status.is_final() {
+                    Ok((gid.clone(), self.wait_final(&gid).await?))
+                } else {
+                    Ok((gid, row.status))
+                }
+            }
+            Inserted::Exists(row) => Err(ServiceError::Conflict(format!(
+                "gid `{gid}` is already used by a {} transaction",
+                row.trans_type
+            ))),
+        }
+    }
+
+    /// The Kafka brokers this coordinator publishes to, if configured.
+    pub fn kafka_brokers(&self) -> Option<&str> {
+        self.config
+            .kafka_brokers
+            .as_deref()
+            .filter(|b| !b.is_empty())
+    }
+
     /// Prepares a TCC transaction; it is aborted if not submitted within its timeout.
     pub async fn prepare(
         &self,
@@ -476,7 +639,7 @@ impl Coordinator {
                 "abort"
             };
             match (row.trans_type, row.status, to) {
-                (TransType::Tcc | TransType::Xa, GlobalStatus::Prepared, _) => {
+                (TransType::Tcc | TransType::Xa | TransType::Msg, GlobalStatus::Prepared, _) => {
                     if let Some(_version) = self
                         .store
                         .transition(
@@ -504,12 +667,12 @@ impl Coordinator {
                     // Moved under us (timeout or a concurrent call): decide on fresh state.
                 }
                 (
-                    TransType::Tcc | TransType::Xa,
+                    TransType::Tcc | TransType::Xa | TransType::Msg,
                     GlobalStatus::Submitted | GlobalStatus::Succeeded,
                     GlobalStatus::Submitted,
                 )
                 | (
-                    TransType::Tcc | TransType::Xa,
+                    TransType::Tcc | TransType::Xa | TransType::Msg,
                     GlobalStatus::Aborting | GlobalStatus::Failed,
                     GlobalStatus::Aborting,
                 ) => return Ok(Moved::Already(row.status)),

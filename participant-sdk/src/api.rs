@@ -66,6 +66,48 @@ pub struct SagaStep {
     pub request_timeout_ms: Option<u64>,
 }
 
+/// One step of a message: an HTTP call or a Kafka publish (`kafka://TOPIC[?key=KEY]`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MsgStep {
+    /// `http://...` or `kafka://TOPIC[?key=KEY]` (default key: the gid).
+    pub action: String,
+    /// JSON body of the call, or value of the Kafka record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<serde_json::Value>,
+    /// Per-step override of [`TxOptions::retry_limit`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_limit: Option<u32>,
+    /// Per-step override of [`TxOptions::request_timeout_ms`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_timeout_ms: Option<u64>,
+}
+
+/// `POST /api/v1/msgs`: store a half message (`prepare: true`; delivered on submit, or
+/// after a check-back at `query_prepared`) or a message delivered at once.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutMsg {
+    /// The gid; minted by the coordinator when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<String>,
+    /// The steps, delivered in order.
+    pub steps: Vec<MsgStep>,
+    /// Where the coordinator checks back (GET) when neither submit nor abort arrives
+    /// before `timeout_to_fail_ms`; required with `prepare`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_prepared: Option<String>,
+    /// Store it invisibly until `submit` (a half message).
+    #[serde(default)]
+    pub prepare: bool,
+    /// Options.
+    #[serde(default)]
+    pub options: TxOptions,
+    /// Answer only when final (not with `prepare`).
+    #[serde(default)]
+    pub wait_result: bool,
+}
+
 /// `POST /api/v1/sagas`: submit a whole saga.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

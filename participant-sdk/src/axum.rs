@@ -164,6 +164,40 @@ pub fn saga_router<P: SagaParticipant, S>(participant: P) -> Router<S> {
         .with_state(p)
 }
 
+/// The handler of a half message's check-back (DESIGN §5): mount it at the URL given as
+/// `query_prepared`. It answers SUCCESS when the initiator's local transaction committed
+/// (the message is delivered) and FAILURE when it rolled back or never ran (the message
+/// fails); it waits while that transaction is still open.
+///
+/// ```no_run
+/// # async fn demo(pool: sqlx::SqlitePool) {
+/// let app: axum::Router = axum::Router::new()
+///     .route("/orders/query_prepared", dtx::axum::query_prepared(pool));
+/// # }
+/// ```
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+pub fn query_prepared<DB, S>(pool: sqlx::Pool<DB>) -> axum::routing::MethodRouter<S>
+where
+    DB: crate::barrier::BarrierBackend,
+    S: Clone + Send + Sync + 'static,
+{
+    let handler = move |ctx: BranchContext| {
+        let pool = pool.clone();
+        async move {
+            respond(
+                match crate::barrier::query_prepared(&pool, &ctx.gid).await {
+                    Ok(crate::barrier::Prepared::Committed) => Ok(()),
+                    Ok(crate::barrier::Prepared::RolledBack) => Err(crate::BranchError::failure(
+                        "the initiator's local transaction rolled back",
+                    )),
+                    Err(e) => Err(crate::BranchError::transient(e.to_string())),
+                },
+            )
+        }
+    };
+    axum::routing::get(handler.clone()).post(handler)
+}
+
 /// Mounts the phase 2 of XA branches prepared with [`crate::xa::postgres::prepare`] at
 /// `/phase2` (the coordinator calls it with `op=commit` or `op=rollback`); register the
 /// branch with that URL.

@@ -105,6 +105,11 @@ impl Client {
         self.post("/api/v1/sagas", saga).await
     }
 
+    /// Stores a message (prepared, or delivered at once).
+    pub async fn put_msg(&self, msg: &crate::api::PutMsg) -> Result<Accepted, ClientError> {
+        self.post("/api/v1/msgs", msg).await
+    }
+
     /// Prepares a TCC transaction.
     pub async fn prepare_tcc(&self, prepare: &PrepareTcc) -> Result<Accepted, ClientError> {
         self.post("/api/v1/tcc", prepare).await

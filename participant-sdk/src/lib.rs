@@ -23,6 +23,7 @@ pub mod axum;
 pub mod barrier;
 mod client;
 mod context;
+mod msg;
 mod result;
 mod saga;
 mod tcc;
@@ -32,6 +33,7 @@ pub mod xa;
 
 pub use client::{Client, ClientError};
 pub use context::BranchContext;
+pub use msg::{Msg, MsgError};
 pub use result::{BranchError, BranchResult};
 pub use saga::{Saga, SagaError, SagaParticipant};
 pub use tcc::{Tcc, TccError, TccParticipant};

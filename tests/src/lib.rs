@@ -12,10 +12,12 @@ pub mod backend;
 pub mod bank;
 pub mod coordinator;
 pub mod faults;
+pub mod kafka;
 pub mod participant;
 
 pub use backend::{Backend, Database};
 pub use coordinator::CoordinatorProc;
+pub use kafka::Broker;
 pub use participant::{Behaviour, Participant, Recorded};
 
 use std::future::Future;

@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use super::error::{ApiError, ApiJson, ApiQuery};
 use super::native::{cursor, parse_cursor};
 use super::time::rfc3339;
-use crate::service::{BranchSpec, Coordinator, SagaSpec, ServiceError, StepSpec};
+use crate::service::{BranchSpec, Coordinator, MsgSpec, SagaSpec, ServiceError, StepSpec};
 use crate::store::ListFilter;
 
 /// The routes under `/api/dtmsvr`.
@@ -64,6 +64,7 @@ struct DtmTrans {
     retry_limit: u32,
     branch_headers: BTreeMap<String, String>,
     rollback_reason: Option<String>,
+    query_prepared: String,
 }
 
 impl DtmTrans {
@@ -73,6 +74,40 @@ impl DtmTrans {
                 field: "trans_type".into(),
                 message: e.to_string(),
             })
+        })
+    }
+
+    /// A DTM `Msg` (steps with an `action` each, payloads as strings).
+    fn msg(&self) -> Result<MsgSpec, ApiError> {
+        if self.payloads.len() > self.steps.len() {
+            return Err(dtm_err(ServiceError::Invalid {
+                field: "payloads".into(),
+                message: format!(
+                    "{} payloads for {} steps",
+                    self.payloads.len(),
+                    self.steps.len()
+                ),
+            }));
+        }
+        Ok(MsgSpec {
+            gid: Some(self.gid.clone()),
+            steps: self
+                .steps
+                .iter()
+                .enumerate()
+                .map(|(i, s)| StepSpec {
+                    action: s.get("action").cloned().unwrap_or_default(),
+                    payload: self
+                        .payloads
+                        .get(i)
+                        .map(|p| p.as_bytes().to_vec())
+                        .unwrap_or_default(),
+                    ..StepSpec::default()
+                })
+                .collect(),
+            query_prepared: Some(self.query_prepared.clone()).filter(|q| !q.is_empty()),
+            options: self.options(),
+            custom_data: self.custom_data.clone(),
         })
     }
 
@@ -126,6 +161,10 @@ async fn prepare(
     ApiJson(t): ApiJson<DtmTrans>,
 ) -> Result<Json<Value>, ApiError> {
     let trans_type = t.trans_type()?;
+    if trans_type == TransType::Msg {
+        c.put_msg(t.msg()?, true, false).await.map_err(dtm_err)?;
+        return Ok(success());
+    }
     c.prepare(
         Some(t.gid.clone()),
         trans_type,
@@ -175,6 +214,10 @@ async fn submit(
                 custom_data: t.custom_data.clone(),
             };
             c.submit_saga(spec, false).await.map_err(dtm_err)?;
+        }
+        // A prepared message is submitted; an unprepared one is stored and delivered.
+        TransType::Msg => {
+            c.put_msg(t.msg()?, false, false).await.map_err(dtm_err)?;
         }
         _ => {
             c.submit(&gid, false).await.map_err(dtm_err)?;

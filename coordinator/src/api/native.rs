@@ -16,7 +16,7 @@ use serde::Deserialize;
 
 use super::error::{ApiError, ApiJson, ApiQuery, optional_json};
 use super::time::rfc3339;
-use crate::service::{BranchSpec, Coordinator, SagaSpec, ServiceError, StepSpec};
+use crate::service::{BranchSpec, Coordinator, MsgSpec, SagaSpec, ServiceError, StepSpec};
 use crate::store::{GlobalRow, ListFilter, OpRow};
 
 /// The routes under `/api/v1`.
@@ -25,6 +25,7 @@ pub fn router() -> Router<Arc<Coordinator>> {
         .route("/gids", post(new_gid))
         .route("/sagas", post(submit_saga))
         .route("/tcc", post(prepare_tcc))
+        .route("/msgs", post(put_msg))
         .route("/xa", post(prepare_xa))
         .route("/transactions", get(list))
         .route("/transactions/{gid}", get(query))
@@ -65,6 +66,31 @@ async fn submit_saga(
         custom_data: None,
     };
     let (gid, status) = c.submit_saga(spec, req.wait_result).await?;
+    Ok(Json(Accepted { gid, status }))
+}
+
+async fn put_msg(
+    State(c): State<Arc<Coordinator>>,
+    ApiJson(req): ApiJson<dtx::api::PutMsg>,
+) -> Result<Json<Accepted>, ApiError> {
+    let spec = MsgSpec {
+        gid: req.gid,
+        steps: req
+            .steps
+            .iter()
+            .map(|s| StepSpec {
+                action: s.action.clone(),
+                payload: payload_bytes(s.payload.as_ref()),
+                retry_limit: s.retry_limit,
+                request_timeout_ms: s.request_timeout_ms,
+                ..StepSpec::default()
+            })
+            .collect(),
+        query_prepared: req.query_prepared,
+        options: req.options,
+        custom_data: None,
+    };
+    let (gid, status) = c.put_msg(spec, req.prepare, req.wait_result).await?;
     Ok(Json(Accepted { gid, status }))
 }
 

@@ -6,6 +6,7 @@
 //!
 //! One mode per file: [`saga`], [`tcc`] and [`xa`], behind [`plan`].
 
+pub mod msg;
 pub mod saga;
 pub mod tcc;
 pub mod xa;
@@ -145,8 +146,7 @@ pub fn plan(tx: &TxState, ops: &[OpState], now: i64) -> Plan {
         TransType::Saga => saga::plan(tx, ops, now),
         TransType::Tcc => tcc::plan(tx, ops, now),
         TransType::Xa => xa::plan(tx, ops, now),
-        // The msg mode has no engine yet; the API does not create it.
-        TransType::Msg => Plan::stay(tx.status),
+        TransType::Msg => msg::plan(tx, ops, now),
     };
     enforce_budget(tx, ops, now, &mut plan);
     plan
