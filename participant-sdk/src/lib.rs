@@ -23,6 +23,8 @@ pub mod axum;
 pub mod barrier;
 mod client;
 mod context;
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+pub mod messaging;
 mod msg;
 mod result;
 mod saga;
