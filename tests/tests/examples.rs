@@ -61,3 +61,29 @@ async fn xa_transfer_commits_on_both_databases_and_rolls_back_a_refusal() {
         "no prepared transaction outlives its global transaction"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn msg_kafka_publishes_committed_orders_only_and_projects_them_once() {
+    let broker = dtx_tests::Broker::start().await;
+    let dir = std::env::temp_dir().join(format!("msg-kafka-test-{}", std::process::id()));
+    let report = msg_kafka::run(msg_kafka::Settings {
+        data_dir: dir.clone(),
+        brokers: Some(broker.brokers.clone()),
+        coordinator: None,
+    })
+    .await
+    .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let statuses: Vec<&str> = report.orders.iter().map(|(_, s)| s.as_str()).collect();
+    assert_eq!(statuses, ["succeeded", "succeeded", "failed"]);
+    assert_eq!(
+        report.records, 2,
+        "the aborted order's message was never seen"
+    );
+    assert_eq!(
+        report.totals,
+        vec![("ann".to_string(), 40), ("bob".to_string(), 25)]
+    );
+    let on_topic = broker.records(&report.topic, std::time::Duration::from_millis(800));
+    assert_eq!(on_topic.len(), 2);
+}

@@ -340,3 +340,48 @@ async fn dtm_clients_send_messages_to_kafka_and_bad_ones_are_refused() {
     assert!(res.text().await.unwrap().contains("DTX_KAFKA_BROKERS"));
     let _ = Behaviour::Ok;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dtm_python_client_msg_reaches_kafka() {
+    let broker = Broker::start().await;
+    let topic = topic();
+    broker.create_topic(&topic).await;
+    let db = Backend::Sqlite.fresh().await;
+    let coord =
+        CoordinatorProc::start(&db.url, &[("DTX_KAFKA_BROKERS", broker.brokers.as_str())]).await;
+    let initiator = Initiator::start().await;
+    let python = std::env::var("DTX_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/dtm/dtmcli_msg.py");
+    let args = [
+        coord.url.clone(),
+        topic.clone(),
+        initiator.query_prepared.clone(),
+    ];
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .arg(script)
+            .args(args)
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("run python3 (set DTX_TEST_PYTHON to another interpreter)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("No module named 'dtmcli'"),
+        "the DTM Python client is missing: pip install dtmcli requests (./scripts/test installs it)"
+    );
+    assert!(out.status.success(), "dtmcli msg failed:\n{stderr}");
+    let gid = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert_eq!(
+        final_status(&coord.client(), &gid).await,
+        dtx::GlobalStatus::Succeeded
+    );
+    let records = broker.records(&topic, Duration::from_millis(800));
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].header("dtx-gid"), Some(gid.as_str()));
+    assert_eq!(
+        serde_json::from_slice::<Value>(&records[0].payload).unwrap(),
+        json!({"amount": 30})
+    );
+}

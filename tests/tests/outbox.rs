@@ -63,13 +63,22 @@ async fn the_inbox_applies_a_redelivered_record_once_and_commits_after_the_datab
         let mut headers = OwnedHeaders::new();
         if dtx_headers {
             headers = headers
-                .insert(Header { key: "dtx-gid", value: Some("order-1") })
-                .insert(Header { key: "dtx-branch-id", value: Some("01") });
+                .insert(Header {
+                    key: "dtx-gid",
+                    value: Some("order-1"),
+                })
+                .insert(Header {
+                    key: "dtx-branch-id",
+                    value: Some("01"),
+                });
         }
         let payload = amount.to_string();
         producer
             .send(
-                FutureRecord::to(&topic).key("k").payload(&payload).headers(headers),
+                FutureRecord::to(&topic)
+                    .key("k")
+                    .payload(&payload)
+                    .headers(headers),
                 Timeout::After(Duration::from_secs(10)),
             )
             .await
@@ -86,7 +95,8 @@ async fn the_inbox_applies_a_redelivered_record_once_and_commits_after_the_datab
             .create()
             .unwrap();
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&topic, 0, Offset::Beginning).unwrap();
+        tpl.add_partition_offset(&topic, 0, Offset::Beginning)
+            .unwrap();
         c.assign(&tpl).unwrap();
         c
     };
@@ -96,10 +106,13 @@ async fn the_inbox_applies_a_redelivered_record_once_and_commits_after_the_datab
         let c = consumer();
         tokio::spawn(async move {
             inbox
-                .run(&c, async |conn: &mut sqlx::SqliteConnection, r: &InboxRecord| {
-                    let amount: i64 = std::str::from_utf8(&r.payload).unwrap().parse().unwrap();
-                    add(conn, amount).await
-                })
+                .run(
+                    &c,
+                    async |conn: &mut sqlx::SqliteConnection, r: &InboxRecord| {
+                        let amount: i64 = std::str::from_utf8(&r.payload).unwrap().parse().unwrap();
+                        add(conn, amount).await
+                    },
+                )
                 .await
         })
     };
@@ -136,7 +149,9 @@ async fn the_inbox_applies_a_redelivered_record_once_and_commits_after_the_datab
         ],
     };
     let r = inbox
-        .apply_record(&again, async |conn: &mut sqlx::SqliteConnection| add(conn, 5).await)
+        .apply_record(&again, async |conn: &mut sqlx::SqliteConnection| {
+            add(conn, 5).await
+        })
         .await
         .unwrap();
     assert_eq!(r, Applied::Duplicate);
@@ -198,7 +213,10 @@ async fn a_relay_killed_mid_batch_loses_nothing_and_the_inbox_applies_each_once(
     .await
     .unwrap();
     let relay = Relay::new(pg.clone(), &broker.brokers, 40).unwrap();
-    assert!(relay.publish_batch().await.is_err(), "the marks are refused");
+    assert!(
+        relay.publish_batch().await.is_err(),
+        "the marks are refused"
+    );
     assert_eq!(outbox::lag(&pg).await.unwrap().unsent, N, "nothing marked");
     sqlx::raw_sql("DROP TRIGGER refuse_marks ON dtx_outbox")
         .execute(&pg)
@@ -225,10 +243,15 @@ async fn a_relay_killed_mid_batch_loses_nothing_and_the_inbox_applies_each_once(
     let records = broker.records(&topic, Duration::from_millis(1000));
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     for r in &records {
-        *seen.entry(r.header("dtx-gid").unwrap().to_owned()).or_default() += 1;
+        *seen
+            .entry(r.header("dtx-gid").unwrap().to_owned())
+            .or_default() += 1;
         assert_eq!(r.header("dtx-branch-id"), Some("outbox"));
     }
-    assert!(!seen.contains_key(&ghost), "a rolled-back message was published");
+    assert!(
+        !seen.contains_key(&ghost),
+        "a rolled-back message was published"
+    );
     for id in expected.keys() {
         assert!(seen.contains_key(id), "message {id} lost");
     }
@@ -271,7 +294,9 @@ async fn a_relay_killed_mid_batch_loses_nothing_and_the_inbox_applies_each_once(
         };
         let amount: i64 = String::from_utf8_lossy(&rec.payload).parse().unwrap();
         inbox
-            .apply_record(&rec, async |conn: &mut sqlx::SqliteConnection| add(conn, amount).await)
+            .apply_record(&rec, async |conn: &mut sqlx::SqliteConnection| {
+                add(conn, amount).await
+            })
             .await
             .unwrap();
     }

@@ -64,7 +64,7 @@ struct DtmTrans {
     retry_limit: u32,
     branch_headers: BTreeMap<String, String>,
     rollback_reason: Option<String>,
-    query_prepared: String,
+    query_prepared: Option<String>,
 }
 
 impl DtmTrans {
@@ -105,7 +105,7 @@ impl DtmTrans {
                     ..StepSpec::default()
                 })
                 .collect(),
-            query_prepared: Some(self.query_prepared.clone()).filter(|q| !q.is_empty()),
+            query_prepared: self.query_prepared.clone().filter(|q| !q.is_empty()),
             options: self.options(),
             custom_data: self.custom_data.clone(),
         })

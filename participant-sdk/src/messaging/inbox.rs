@@ -50,7 +50,9 @@ impl InboxRecord {
         match self.header("dtx-gid") {
             Some(gid) => (
                 gid.to_owned(),
-                self.header("dtx-branch-id").unwrap_or(RECORD_BRANCH).to_owned(),
+                self.header("dtx-branch-id")
+                    .unwrap_or(RECORD_BRANCH)
+                    .to_owned(),
             ),
             None => (
                 format!("{}/{}/{}", self.topic, self.partition, self.offset),

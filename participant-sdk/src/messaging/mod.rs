@@ -57,10 +57,15 @@ pub trait MessagingBackend: BarrierBackend {
     ) -> BoxFuture<'_, Result<Vec<OutboxRow>, sqlx::Error>>;
 
     /// Marks a row sent.
-    fn outbox_mark_sent(conn: &mut Self::Connection, id: i64) -> BoxFuture<'_, Result<(), sqlx::Error>>;
+    fn outbox_mark_sent(
+        conn: &mut Self::Connection,
+        id: i64,
+    ) -> BoxFuture<'_, Result<(), sqlx::Error>>;
 
     /// Unsent rows, and the age in seconds of the oldest.
-    fn outbox_lag(conn: &mut Self::Connection) -> BoxFuture<'_, Result<(i64, Option<f64>), sqlx::Error>>;
+    fn outbox_lag(
+        conn: &mut Self::Connection,
+    ) -> BoxFuture<'_, Result<(i64, Option<f64>), sqlx::Error>>;
 }
 
 macro_rules! messaging {
@@ -117,19 +122,30 @@ macro_rules! messaging {
                         .await?;
                     Ok(rows
                         .into_iter()
-                        .map(|(id, msg_id, topic, key, payload)| OutboxRow { id, msg_id, topic, key, payload })
+                        .map(|(id, msg_id, topic, key, payload)| OutboxRow {
+                            id,
+                            msg_id,
+                            topic,
+                            key,
+                            payload,
+                        })
                         .collect())
                 })
             }
 
-            fn outbox_mark_sent(conn: &mut Self::Connection, id: i64) -> BoxFuture<'_, Result<(), sqlx::Error>> {
+            fn outbox_mark_sent(
+                conn: &mut Self::Connection,
+                id: i64,
+            ) -> BoxFuture<'_, Result<(), sqlx::Error>> {
                 Box::pin(async move {
                     sqlx::query($mark).bind(id).execute(&mut *conn).await?;
                     Ok(())
                 })
             }
 
-            fn outbox_lag(conn: &mut Self::Connection) -> BoxFuture<'_, Result<(i64, Option<f64>), sqlx::Error>> {
+            fn outbox_lag(
+                conn: &mut Self::Connection,
+            ) -> BoxFuture<'_, Result<(i64, Option<f64>), sqlx::Error>> {
                 Box::pin(async move { sqlx::query_as($lag).fetch_one(&mut *conn).await })
             }
         }

@@ -110,7 +110,9 @@ mod relay {
                     .payload(&r.payload)
                     .headers(headers);
                 let id = r.id;
-                let send = self.producer.send(record, Timeout::After(Duration::from_secs(10)));
+                let send = self
+                    .producer
+                    .send(record, Timeout::After(Duration::from_secs(10)));
                 async move { send.await.ok().map(|_| id) }
             });
             futures_util::future::join_all(sends)
