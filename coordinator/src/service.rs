@@ -112,6 +112,8 @@ pub struct MsgSpec {
     pub options: TxOptions,
     /// Opaque client data.
     pub custom_data: Option<String>,
+    /// Deliver no sooner than this (ms from now; messages submitted at once only).
+    pub delay_ms: Option<u64>,
 }
 
 /// A TCC branch to register.
@@ -358,6 +360,16 @@ impl Coordinator {
                 ),
             ));
         }
+        let delay = spec.delay_ms.unwrap_or(0);
+        if delay > 0 && prepared {
+            return Err(invalid(
+                "delay_ms",
+                "a prepared message is delivered when submitted; delay applies to messages submitted at once",
+            ));
+        }
+        if delay > 7 * 86_400_000 {
+            return Err(invalid("delay_ms", "at most 7 days"));
+        }
         let query_prepared = spec.query_prepared.filter(|q| !q.is_empty());
         match &query_prepared {
             Some(q) => validate_url("query_prepared", q)?,
@@ -432,8 +444,9 @@ impl Coordinator {
             },
             options,
             timeout_ms: prepared.then_some(timeout),
-            first_look_ms: if prepared { timeout } else { 0 },
-            lease: (!prepared).then(|| self.lease(slowest)),
+            // A delayed message is left to the poller until its time comes.
+            first_look_ms: if prepared { timeout } else { delay as i64 },
+            lease: (!prepared && delay == 0).then(|| self.lease(slowest)),
             ops,
         };
         let created_at = self.driver.now();
@@ -443,6 +456,9 @@ impl Coordinator {
                 info!(gid = %gid, steps = n, prepared, "message stored");
                 if prepared {
                     return Ok((gid, GlobalStatus::Prepared));
+                }
+                if delay > 0 {
+                    return Ok((gid, GlobalStatus::Submitted));
                 }
                 let waiter = wait.then(|| self.driver.waiters.subscribe(&gid));
                 self.driver

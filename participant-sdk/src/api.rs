@@ -106,6 +106,9 @@ pub struct PutMsg {
     /// Answer only when final (not with `prepare`).
     #[serde(default)]
     pub wait_result: bool,
+    /// Deliver no sooner than this many ms from now (not with `prepare`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_ms: Option<u64>,
 }
 
 /// `POST /api/v1/sagas`: submit a whole saga.

@@ -130,6 +130,12 @@ impl Msg {
         self
     }
 
+    /// Delivers no sooner than `d` after [`Msg::submit`] (not for prepared messages).
+    pub fn delay(mut self, d: Duration) -> Self {
+        self.req.delay_ms = Some(d.as_millis() as u64);
+        self
+    }
+
     /// All options at once.
     pub fn options(mut self, options: TxOptions) -> Self {
         self.req.options = options;

@@ -170,9 +170,12 @@ impl Broker {
         }
     }
 
-    /// Every record of `topic` (partition 0) from the start, read until none has come for
-    /// `quiet`.
+    /// Every record of `topic` (partition 0) from the start: read until the partition's
+    /// high watermark is reached *and* nothing more has come for `quiet` (at least 2 s: a
+    /// new consumer needs a while for its first fetch, and the test broker's watermark can
+    /// lag its newest records).
     pub fn records(&self, topic: &str, quiet: Duration) -> Vec<Record> {
+        let quiet = quiet.max(Duration::from_secs(2));
         let consumer: BaseConsumer = self
             .config()
             .set("group.id", format!("dtx-test-{:08x}", fastrand::u32(..)))
@@ -180,37 +183,45 @@ impl Broker {
             .set("enable.partition.eof", "false")
             .create()
             .expect("Kafka consumer");
+        let (_, high) = consumer
+            .fetch_watermarks(topic, 0, Duration::from_secs(10))
+            .expect("watermarks");
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(topic, 0, Offset::Beginning)
             .expect("partition");
         consumer.assign(&tpl).expect("assign");
         let mut out = Vec::new();
+        let mut next_offset = 0;
         let mut last = Instant::now();
         let deadline = Instant::now() + Duration::from_secs(30);
-        while last.elapsed() < quiet && Instant::now() < deadline {
+        while next_offset < high || last.elapsed() < quiet {
+            assert!(
+                Instant::now() < deadline,
+                "read {} of at least {high} records of {topic} in 30 s",
+                out.len()
+            );
             if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-                {
-                    last = Instant::now();
-                    let headers = m
-                        .headers()
-                        .map(|h| {
-                            h.iter()
-                                .map(|x| {
-                                    (
-                                        x.key.to_owned(),
-                                        String::from_utf8_lossy(x.value.unwrap_or_default())
-                                            .into_owned(),
-                                    )
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    out.push(Record {
-                        key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-                        payload: m.payload().unwrap_or_default().to_vec(),
-                        headers,
-                    });
-                }
+                last = Instant::now();
+                next_offset = m.offset() + 1;
+                let headers = m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|x| {
+                                (
+                                    x.key.to_owned(),
+                                    String::from_utf8_lossy(x.value.unwrap_or_default())
+                                        .into_owned(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out.push(Record {
+                    key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                    payload: m.payload().unwrap_or_default().to_vec(),
+                    headers,
+                });
             }
         }
         out

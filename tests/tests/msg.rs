@@ -385,3 +385,35 @@ async fn dtm_python_client_msg_reaches_kafka() {
         json!({"amount": 30})
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delayed_message_waits_its_time() {
+    let broker = Broker::start().await;
+    let topic = topic();
+    broker.create_topic(&topic).await;
+    let db = Backend::Sqlite.fresh().await;
+    let coord =
+        CoordinatorProc::start(&db.url, &[("DTX_KAFKA_BROKERS", broker.brokers.as_str())]).await;
+    let client = coord.client();
+    let gid = format!("later-{:08x}", fastrand::u32(..));
+    let started = std::time::Instant::now();
+    Msg::new(&gid)
+        .add_kafka(&topic, None, &json!({"remind": true}))
+        .unwrap()
+        .delay(Duration::from_millis(2000))
+        .submit(&client)
+        .await
+        .unwrap();
+    assert!(
+        broker
+            .records(&topic, Duration::from_millis(700))
+            .is_empty(),
+        "not before its time"
+    );
+    assert_eq!(
+        final_status(&client, &gid).await,
+        dtx::GlobalStatus::Succeeded
+    );
+    assert!(started.elapsed() >= Duration::from_millis(2000));
+    assert_eq!(broker.records(&topic, Duration::from_millis(500)).len(), 1);
+}

@@ -108,6 +108,7 @@ impl DtmTrans {
             query_prepared: self.query_prepared.clone().filter(|q| !q.is_empty()),
             options: self.options(),
             custom_data: self.custom_data.clone(),
+            delay_ms: None,
         })
     }
 

@@ -89,6 +89,7 @@ async fn put_msg(
         query_prepared: req.query_prepared,
         options: req.options,
         custom_data: None,
+        delay_ms: req.delay_ms,
     };
     let (gid, status) = c.put_msg(spec, req.prepare, req.wait_result).await?;
     Ok(Json(Accepted { gid, status }))
