@@ -309,19 +309,7 @@ impl Coordinator {
             Inserted::Created { .. } => {
                 self.metrics().started(TransType::Saga);
                 debug!(gid = %gid, steps = n, "saga submitted");
-                // Subscribed before the drive starts, so that its end cannot be missed.
-                let waiter = wait.then(|| self.driver.waiters.subscribe(&gid));
-                self.driver
-                    .spawn_new(&new, created_at)
-                    .map_err(|e| ServiceError::Conflict(e.to_string()))?;
-                match waiter {
-                    Some(rx) => Ok((
-                        gid.clone(),
-                        self.wait_on(&gid, rx, Some(GlobalStatus::Submitted))
-                            .await?,
-                    )),
-                    None => Ok((gid, GlobalStatus::Submitted)),
-                }
+                self.drive_new(&new, created_at, wait).await
             }
             Inserted::Exists(row) if row.trans_type == TransType::Saga => {
                 let status = if wait && !row.status.is_final() {
@@ -460,18 +448,7 @@ impl Coordinator {
                 if delay > 0 {
                     return Ok((gid, GlobalStatus::Submitted));
                 }
-                let waiter = wait.then(|| self.driver.waiters.subscribe(&gid));
-                self.driver
-                    .spawn_new(&new, created_at)
-                    .map_err(|e| ServiceError::Conflict(e.to_string()))?;
-                match waiter {
-                    Some(rx) => Ok((
-                        gid.clone(),
-                        self.wait_on(&gid, rx, Some(GlobalStatus::Submitted))
-                            .await?,
-                    )),
-                    None => Ok((gid, GlobalStatus::Submitted)),
-                }
+                self.drive_new(&new, created_at, wait).await
             }
             // The same message again (a client's retry): prepare is idempotent; a submit
             // of a prepared one submits it.
@@ -489,6 +466,31 @@ impl Coordinator {
                 "gid `{gid}` is already used by a {} transaction",
                 row.trans_type
             ))),
+        }
+    }
+
+    /// Drives a just-inserted, submitted transaction at once; with `wait`, answers when
+    /// it is final (or the configured wait passed).
+    async fn drive_new(
+        &self,
+        new: &NewTransaction,
+        created_at: i64,
+        wait: bool,
+    ) -> Result<(String, GlobalStatus), ServiceError> {
+        let gid = new.gid.clone();
+        // Subscribed before the drive starts, so that its end cannot be missed.
+        let waiter = wait.then(|| self.driver.waiters.subscribe(&gid));
+        self.driver
+            .spawn_new(new, created_at)
+            .map_err(|e| ServiceError::Conflict(e.to_string()))?;
+        match waiter {
+            Some(rx) => {
+                let status = self
+                    .wait_on(&gid, rx, Some(GlobalStatus::Submitted))
+                    .await?;
+                Ok((gid, status))
+            }
+            None => Ok((gid, GlobalStatus::Submitted)),
         }
     }
 

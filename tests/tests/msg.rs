@@ -58,6 +58,32 @@ impl Initiator {
     }
 }
 
+/// A broker with a fresh topic, and a coordinator publishing to it.
+struct Setup {
+    broker: Broker,
+    topic: String,
+    coord: CoordinatorProc,
+    _db: dtx_tests::Database,
+}
+
+impl Setup {
+    async fn new() -> Self {
+        let broker = Broker::start().await;
+        let topic = topic();
+        broker.create_topic(&topic).await;
+        let db = Backend::Sqlite.fresh().await;
+        let coord =
+            CoordinatorProc::start(&db.url, &[("DTX_KAFKA_BROKERS", broker.brokers.as_str())])
+                .await;
+        Self {
+            broker,
+            topic,
+            coord,
+            _db: db,
+        }
+    }
+}
+
 fn topic() -> String {
     format!("orders-{:08x}", fastrand::u32(..))
 }
@@ -79,12 +105,12 @@ async fn final_status(client: &dtx::Client, gid: &str) -> dtx::GlobalStatus {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_committed_half_message_is_published_once_with_its_headers() {
-    let broker = Broker::start().await;
-    let topic = topic();
-    broker.create_topic(&topic).await;
-    let db = Backend::Sqlite.fresh().await;
-    let coord =
-        CoordinatorProc::start(&db.url, &[("DTX_KAFKA_BROKERS", broker.brokers.as_str())]).await;
+    let Setup {
+        broker,
+        topic,
+        coord,
+        _db,
+    } = Setup::new().await;
     let client = coord.client();
     let initiator = Initiator::start().await;
     let points = Participant::start().await;
@@ -143,12 +169,12 @@ async fn a_committed_half_message_is_published_once_with_its_headers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_initiator_that_dies_before_submit_is_checked_back() {
-    let broker = Broker::start().await;
-    let topic = topic();
-    broker.create_topic(&topic).await;
-    let db = Backend::Sqlite.fresh().await;
-    let coord =
-        CoordinatorProc::start(&db.url, &[("DTX_KAFKA_BROKERS", broker.brokers.as_str())]).await;
+    let Setup {
+        broker,
+        topic,
+        coord,
+        _db,
+    } = Setup::new().await;
     let client = coord.client();
     let initiator = Initiator::start().await;
     let run = format!("{:08x}", fastrand::u32(..));
@@ -271,12 +297,12 @@ async fn a_broker_outage_delays_delivery_and_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dtm_clients_send_messages_to_kafka_and_bad_ones_are_refused() {
-    let broker = Broker::start().await;
-    let topic = topic();
-    broker.create_topic(&topic).await;
-    let db = Backend::Sqlite.fresh().await;
-    let coord =
-        CoordinatorProc::start(&db.url, &[("DTX_KAFKA_BROKERS", broker.brokers.as_str())]).await;
+    let Setup {
+        broker,
+        topic,
+        coord,
+        _db,
+    } = Setup::new().await;
     let initiator = Initiator::start().await;
     let http = reqwest::Client::new();
     let gid = format!("dtm-{:08x}", fastrand::u32(..));
@@ -343,12 +369,12 @@ async fn dtm_clients_send_messages_to_kafka_and_bad_ones_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dtm_python_client_msg_reaches_kafka() {
-    let broker = Broker::start().await;
-    let topic = topic();
-    broker.create_topic(&topic).await;
-    let db = Backend::Sqlite.fresh().await;
-    let coord =
-        CoordinatorProc::start(&db.url, &[("DTX_KAFKA_BROKERS", broker.brokers.as_str())]).await;
+    let Setup {
+        broker,
+        topic,
+        coord,
+        _db,
+    } = Setup::new().await;
     let initiator = Initiator::start().await;
     let python = std::env::var("DTX_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/dtm/dtmcli_msg.py");
@@ -388,12 +414,12 @@ async fn dtm_python_client_msg_reaches_kafka() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delayed_message_waits_its_time() {
-    let broker = Broker::start().await;
-    let topic = topic();
-    broker.create_topic(&topic).await;
-    let db = Backend::Sqlite.fresh().await;
-    let coord =
-        CoordinatorProc::start(&db.url, &[("DTX_KAFKA_BROKERS", broker.brokers.as_str())]).await;
+    let Setup {
+        broker,
+        topic,
+        coord,
+        _db,
+    } = Setup::new().await;
     let client = coord.client();
     let gid = format!("later-{:08x}", fastrand::u32(..));
     let started = std::time::Instant::now();

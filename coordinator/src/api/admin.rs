@@ -530,8 +530,22 @@ fn viewer_caller(
     auth::identify(c.config(), headers, peer).map_err(auth::Denied::api_error)
 }
 
-fn done(gid: &str, status: GlobalStatus, action: &str) -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "gid": gid, "status": status, "action": action }))
+/// Authorizes an admin, carries out `action` and answers `{gid, status, action}`.
+async fn act(
+    c: &Coordinator,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+    gid: &str,
+    action: OperatorAction,
+    reason: &str,
+    actor: Option<&str>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let caller = admin_caller(c, headers, peer)?;
+    let name = action.as_str();
+    let status = perform(c, &caller, gid, action, reason, actor).await?;
+    Ok(Json(
+        serde_json::json!({ "gid": gid, "status": status, "action": name }),
+    ))
 }
 
 async fn openapi() -> impl IntoResponse {
@@ -593,18 +607,17 @@ async fn retry(
     headers: HeaderMap,
     ApiJson(req): ApiJson<ActionRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let caller = admin_caller(&c, &headers, peer)?;
     let a = OperatorAction::RetryNow;
-    let status = perform(
+    act(
         &c,
-        &caller,
+        &headers,
+        peer,
         &gid,
-        a.clone(),
+        a,
         &req.reason,
         req.actor.as_deref(),
     )
-    .await?;
-    Ok(done(&gid, status, a.as_str()))
+    .await
 }
 
 async fn abort(
@@ -614,18 +627,17 @@ async fn abort(
     headers: HeaderMap,
     ApiJson(req): ApiJson<ActionRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let caller = admin_caller(&c, &headers, peer)?;
     let a = OperatorAction::ForceAbort;
-    let status = perform(
+    act(
         &c,
-        &caller,
+        &headers,
+        peer,
         &gid,
-        a.clone(),
+        a,
         &req.reason,
         req.actor.as_deref(),
     )
-    .await?;
-    Ok(done(&gid, status, a.as_str()))
+    .await
 }
 
 async fn budget(
@@ -635,21 +647,20 @@ async fn budget(
     headers: HeaderMap,
     ApiJson(req): ApiJson<BudgetRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let caller = admin_caller(&c, &headers, peer)?;
     let a = OperatorAction::SetBudget {
         retry_limit: req.retry_limit,
         max_age_ms: req.max_age_ms,
     };
-    let status = perform(
+    act(
         &c,
-        &caller,
+        &headers,
+        peer,
         &gid,
-        a.clone(),
+        a,
         &req.reason,
         req.actor.as_deref(),
     )
-    .await?;
-    Ok(done(&gid, status, a.as_str()))
+    .await
 }
 
 fn parse_op(op: &str) -> Result<Op, ApiError> {
@@ -671,21 +682,20 @@ async fn retry_op(
     headers: HeaderMap,
     ApiJson(req): ApiJson<ActionRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let caller = admin_caller(&c, &headers, peer)?;
     let a = OperatorAction::RetryOp {
         branch_id,
         op: parse_op(&op)?,
     };
-    let status = perform(
+    act(
         &c,
-        &caller,
+        &headers,
+        peer,
         &gid,
-        a.clone(),
+        a,
         &req.reason,
         req.actor.as_deref(),
     )
-    .await?;
-    Ok(done(&gid, status, a.as_str()))
+    .await
 }
 
 async fn mark_done(
@@ -695,21 +705,20 @@ async fn mark_done(
     headers: HeaderMap,
     ApiJson(req): ApiJson<ActionRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let caller = admin_caller(&c, &headers, peer)?;
     let a = OperatorAction::MarkDone {
         branch_id,
         op: parse_op(&op)?,
     };
-    let status = perform(
+    act(
         &c,
-        &caller,
+        &headers,
+        peer,
         &gid,
-        a.clone(),
+        a,
         &req.reason,
         req.actor.as_deref(),
     )
-    .await?;
-    Ok(done(&gid, status, a.as_str()))
+    .await
 }
 
 async fn audit(

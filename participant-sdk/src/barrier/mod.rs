@@ -182,8 +182,16 @@ pub async fn query_prepared<DB: BarrierBackend>(
 
 /// Creates the barrier table if it does not exist (the DDL of `migrations/barrier/`).
 pub async fn migrate<DB: BarrierBackend>(pool: &sqlx::Pool<DB>) -> Result<(), sqlx::Error> {
+    run_ddl(pool, DB::DDL).await
+}
+
+/// Runs the statements of a DDL file (comments dropped, split on `;`).
+pub(crate) async fn run_ddl<DB: BarrierBackend>(
+    pool: &sqlx::Pool<DB>,
+    ddl: &str,
+) -> Result<(), sqlx::Error> {
     let mut conn = pool.acquire().await?;
-    let ddl: String = DB::DDL
+    let ddl: String = ddl
         .lines()
         .filter(|l| !l.trim_start().starts_with("--"))
         .collect::<Vec<_>>()

@@ -190,14 +190,5 @@ messaging!(
 
 /// Creates the inbox and outbox tables if they do not exist.
 pub async fn migrate<DB: MessagingBackend>(pool: &sqlx::Pool<DB>) -> Result<(), sqlx::Error> {
-    let mut conn = pool.acquire().await?;
-    let ddl: String = DB::MESSAGING_DDL
-        .lines()
-        .filter(|l| !l.trim_start().starts_with("--"))
-        .collect::<Vec<_>>()
-        .join("\n");
-    for statement in ddl.split(';').map(str::trim).filter(|s| !s.is_empty()) {
-        DB::execute(&mut conn, statement).await?;
-    }
-    Ok(())
+    crate::barrier::run_ddl(pool, DB::MESSAGING_DDL).await
 }
