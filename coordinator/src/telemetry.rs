@@ -76,11 +76,12 @@ pub fn init(otlp_endpoint: Option<&str>) -> Result<Telemetry, String> {
                 .build();
             let tracer = provider.tracer("dtx-coordinator");
             telemetry.provider = Some(provider);
-            // Spans of the coordinator only, at info and above, whatever DTX_LOG says.
+            // Spans of the coordinator only (branch calls are debug-level spans), whatever
+            // DTX_LOG says; its debug events ride along as span events.
             Some(
                 tracing_opentelemetry::layer()
                     .with_tracer(tracer)
-                    .with_filter(EnvFilter::new("dtx_coordinator=info")),
+                    .with_filter(EnvFilter::new("dtx_coordinator=debug")),
             )
         }
     };
