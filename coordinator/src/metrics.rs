@@ -84,8 +84,7 @@ impl Default for Metrics {
 impl Metrics {
     /// A fresh set, registered under the `dtx_` prefix.
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("dtx");
-        let m = Self {
+        let mut m = Self {
             started: Family::default(),
             finished: Family::default(),
             attention: Family::default(),
@@ -101,84 +100,84 @@ impl Metrics {
             in_flight: Gauge::default(),
             needs_attention: Gauge::default(),
             oldest_age: Gauge::default(),
-            registry: Registry::default(),
+            registry: Registry::with_prefix("dtx"),
         };
-        registry.register(
+        m.registry.register(
             "transactions_started",
             "Global transactions accepted by this process, by mode",
             m.started.clone(),
         );
-        registry.register(
+        m.registry.register(
             "transactions_finished",
             "Global transactions this process drove to a final status, by mode and outcome (succeeded, failed)",
             m.finished.clone(),
         );
-        registry.register(
+        m.registry.register(
             "transactions_flagged",
             "Transactions this process stopped retrying and flagged needs_attention, by mode",
             m.attention.clone(),
         );
-        registry.register(
+        m.registry.register(
             "branch_attempts",
             "Participant calls, by op, outcome (success, failure, ongoing, transient) and target host",
             m.attempts.clone(),
         );
-        registry.register(
+        m.registry.register(
             "transaction_duration_seconds",
             "Creation (submit or prepare) to final status, by mode and outcome",
             m.tx_seconds.clone(),
         );
-        registry.register(
+        m.registry.register(
             "branch_call_duration_seconds",
             "One participant call, by op and outcome",
             m.call_seconds.clone(),
         );
-        registry.register(
+        m.registry.register(
             "operator_actions",
             "Operator actions carried out (each is in the audit log), by action",
             m.actions.clone(),
         );
-        registry.register(
+        m.registry.register(
             "poller_polls",
             "Times the poller looked for due transactions",
             m.polls.clone(),
         );
-        registry.register(
+        m.registry.register(
             "poller_claimed",
             "Transactions the poller claimed (leased) for this process",
             m.claimed.clone(),
         );
-        registry.register(
+        m.registry.register(
             "lease_conflicts",
             "Writes refused because the row changed or the lease passed to another process",
             m.lease_conflicts.clone(),
         );
-        registry.register(
+        m.registry.register(
             "leases_released",
             "Leases handed back at shutdown",
             m.leases_released.clone(),
         );
-        registry.register(
+        m.registry.register(
             "driving",
             "Transactions this process is driving now",
             m.driving.clone(),
         );
-        registry.register(
+        m.registry.register(
             "transactions_in_flight",
             "Transactions not final, in the store (all coordinators)",
             m.in_flight.clone(),
         );
-        registry.register(
+        m.registry.register(
             "transactions_needs_attention",
             "Transactions waiting for an operator, in the store",
             m.needs_attention.clone(),
         );
-        registry.register(
+        m.registry.register(
             "oldest_non_final_age_seconds",
             "Age of the oldest transaction not final (0 when none)",
             m.oldest_age.clone(),
         );
-        Self { registry, ..m }
+        m
     }
 
     /// A transaction was accepted.

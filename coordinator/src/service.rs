@@ -227,17 +227,13 @@ impl Coordinator {
         serde_json::to_string(&stored).map_err(|e| invalid("options", e.to_string()))
     }
 
-    /// Submits a saga: stored durably, then driven at once by this process. With `wait`,
-    /// answers when it is final (or the configured wait passed).
-    pub async fn submit_saga(
-        &self,
-        spec: SagaSpec,
-        wait: bool,
-    ) -> Result<(String, GlobalStatus), ServiceError> {
-        let gid = self.gid_or_new(spec.gid)?;
-        let n = spec.steps.len();
+    /// Checks that a saga or message has between 1 and `max_branches` steps.
+    fn check_step_count(&self, n: usize, kind: &str) -> Result<usize, ServiceError> {
         if n == 0 {
-            return Err(invalid("steps", "a saga needs at least one step"));
+            return Err(invalid(
+                "steps",
+                format!("a {kind} needs at least one step"),
+            ));
         }
         if n > self.config.max_branches {
             return Err(invalid(
@@ -248,6 +244,18 @@ impl Coordinator {
                 ),
             ));
         }
+        Ok(n)
+    }
+
+    /// Submits a saga: stored durably, then driven at once by this process. With `wait`,
+    /// answers when it is final (or the configured wait passed).
+    pub async fn submit_saga(
+        &self,
+        spec: SagaSpec,
+        wait: bool,
+    ) -> Result<(String, GlobalStatus), ServiceError> {
+        let gid = self.gid_or_new(spec.gid)?;
+        let n = self.check_step_count(spec.steps.len(), "saga")?;
         let mut ops = Vec::with_capacity(2 * n);
         for (i, step) in spec.steps.iter().enumerate() {
             let branch_id = format!("{:02}", i + 1);
@@ -335,19 +343,7 @@ impl Coordinator {
         wait: bool,
     ) -> Result<(String, GlobalStatus), ServiceError> {
         let gid = self.gid_or_new(spec.gid)?;
-        let n = spec.steps.len();
-        if n == 0 {
-            return Err(invalid("steps", "a message needs at least one step"));
-        }
-        if n > self.config.max_branches {
-            return Err(invalid(
-                "steps",
-                format!(
-                    "{n} steps; at most {} are allowed",
-                    self.config.max_branches
-                ),
-            ));
-        }
+        let n = self.check_step_count(spec.steps.len(), "message")?;
         let delay = spec.delay_ms.unwrap_or(0);
         if delay > 0 && prepared {
             return Err(invalid(

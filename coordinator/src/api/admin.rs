@@ -393,17 +393,18 @@ pub async fn load_detail(c: &Coordinator, gid: &str) -> Result<Detail, ApiError>
                 owner: a.owner,
             })
             .collect(),
-        audit: audit
-            .into_iter()
-            .map(|r| AuditEntry {
-                at: rfc3339(r.at),
-                actor: r.actor,
-                action: r.action,
-                reason: r.reason,
-                detail: r.detail,
-            })
-            .collect(),
+        audit: audit.into_iter().map(audit_entry).collect(),
     })
+}
+
+fn audit_entry(r: crate::store::AuditRow) -> AuditEntry {
+    AuditEntry {
+        at: rfc3339(r.at),
+        actor: r.actor,
+        action: r.action,
+        reason: r.reason,
+        detail: r.detail,
+    }
 }
 
 /// Reads the overview.
@@ -728,5 +729,6 @@ async fn audit(
     headers: HeaderMap,
 ) -> Result<Json<Vec<AuditEntry>>, ApiError> {
     viewer_caller(&c, &headers, peer)?;
-    Ok(Json(load_detail(&c, &gid).await?.audit))
+    let rows = c.store().audit(&gid).await.map_err(ServiceError::from)?;
+    Ok(Json(rows.into_iter().map(audit_entry).collect()))
 }
