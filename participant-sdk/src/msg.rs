@@ -36,8 +36,9 @@ pub enum MsgError<E = std::convert::Infallible> {
     #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
     #[error("local database: {0}")]
     Db(sqlx::Error),
-    /// The local work of this gid ran before (a retried call): nothing ran twice.
-    #[error("the local work of this message already ran")]
+    /// The local work of this gid ran before (a retried call; the message is submitted),
+    /// or the check-back already decided it rolled back: nothing ran now.
+    #[error("the local work of this message already ran, or was ruled rolled back")]
     AlreadyDone,
 }
 
@@ -147,18 +148,20 @@ impl Msg {
         &self.req
     }
 
+    async fn put(&self, client: &Client, prepare: bool) -> Result<Accepted, ClientError> {
+        let mut req = self.req.clone();
+        req.prepare = prepare;
+        client.put_msg(&req).await
+    }
+
     /// Stores and delivers it at once (a reliable message, no local transaction to wait for).
     pub async fn submit(&self, client: &Client) -> Result<Accepted, MsgError> {
-        let mut req = self.req.clone();
-        req.prepare = false;
-        Ok(client.put_msg(&req).await?)
+        Ok(self.put(client, false).await?)
     }
 
     /// Stores it invisibly: nothing is delivered before [`Client::submit`] or a check-back.
     pub async fn prepare(&self, client: &Client) -> Result<Accepted, MsgError> {
-        let mut req = self.req.clone();
-        req.prepare = true;
-        Ok(client.put_msg(&req).await?)
+        Ok(self.put(client, true).await?)
     }
 
     /// Prepares the message, runs `work` in a transaction of `pool` together with the
@@ -175,12 +178,7 @@ impl Msg {
     where
         DB: crate::barrier::BarrierBackend,
     {
-        let lift = |e: MsgError| match e {
-            MsgError::Payload { step, source } => MsgError::Payload { step, source },
-            MsgError::Client(c) => MsgError::Client(c),
-            _ => MsgError::AlreadyDone,
-        };
-        let accepted = self.prepare(client).await.map_err(lift)?;
+        let accepted = self.put(client, true).await?;
         let gid = accepted.gid;
         let ctx = crate::BranchContext::new(&gid, crate::TransType::Msg, "00", crate::Op::Msg);
         match crate::barrier::call(pool, &ctx, work).await {
@@ -188,6 +186,13 @@ impl Msg {
                 let _ = client.submit(&gid, &crate::api::Finish::default()).await;
                 Ok(v)
             }
+            // The work committed before (a retried call): the message is due, so submit.
+            Ok(crate::barrier::Barrier::Skipped(crate::barrier::Skip::Duplicate)) => {
+                let _ = client.submit(&gid, &crate::api::Finish::default()).await;
+                Err(MsgError::AlreadyDone)
+            }
+            // The check-back found no local transaction and recorded a rollback: the
+            // message has failed, and this late work must not run.
             Ok(crate::barrier::Barrier::Skipped(_)) => Err(MsgError::AlreadyDone),
             Err(crate::barrier::BarrierError::Work(e)) => {
                 let _ = client

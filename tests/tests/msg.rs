@@ -7,7 +7,7 @@ use std::time::Duration;
 use dtx::barrier::{self, Barrier};
 use dtx::{BranchContext, Msg, Op, TransType};
 use dtx_tests::backend::fresh_sqlite_pool;
-use dtx_tests::{Backend, Behaviour, Broker, CoordinatorProc, Participant, eventually};
+use dtx_tests::{Backend, Broker, CoordinatorProc, Participant, eventually};
 use serde_json::{Value, json};
 
 /// The initiator: an orders table and the barrier on its own SQLite database, and its
@@ -364,7 +364,6 @@ async fn dtm_clients_send_messages_to_kafka_and_bad_ones_are_refused() {
         .unwrap();
     assert_eq!(res.status(), 400);
     assert!(res.text().await.unwrap().contains("DTX_KAFKA_BROKERS"));
-    let _ = Behaviour::Ok;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -442,4 +441,50 @@ async fn a_delayed_message_waits_its_time() {
     );
     assert!(started.elapsed() >= Duration::from_millis(2000));
     assert_eq!(broker.records(&topic, Duration::from_millis(500)).len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_do_and_submit_submits_without_running_the_work_again() {
+    let Setup {
+        broker,
+        topic,
+        coord,
+        _db,
+    } = Setup::new().await;
+    let client = coord.client();
+    let initiator = Initiator::start().await;
+    let gid = format!("retry-{:08x}", fastrand::u32(..));
+    // Long timeout: only a submit can deliver within this test.
+    let msg = Msg::new(&gid)
+        .add_kafka(&topic, None, &json!({"n": 1}))
+        .unwrap()
+        .query_prepared(&initiator.query_prepared)
+        .timeout_to_fail(Duration::from_secs(600));
+    // The first attempt committed its local work and died before submitting.
+    msg.prepare(&client).await.unwrap();
+    assert!(initiator.commit_order(&gid, 10).await.ran());
+    // The retry finds the work done: it does not run it again, and submits.
+    let r = msg
+        .do_and_submit(
+            &client,
+            &initiator.pool,
+            async |conn: &mut sqlx::SqliteConnection| {
+                sqlx::query("INSERT INTO orders (gid, total) VALUES ('dup', 1)")
+                    .execute(&mut *conn)
+                    .await
+                    .map(|_| ())
+            },
+        )
+        .await;
+    assert!(matches!(r, Err(dtx::MsgError::AlreadyDone)), "{r:?}");
+    assert_eq!(
+        final_status(&client, &gid).await,
+        dtx::GlobalStatus::Succeeded
+    );
+    assert_eq!(broker.records(&topic, Duration::from_millis(500)).len(), 1);
+    let orders: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM orders")
+        .fetch_one(&initiator.pool)
+        .await
+        .unwrap();
+    assert_eq!(orders, 1, "the work ran once");
 }
