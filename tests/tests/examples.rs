@@ -77,7 +77,7 @@ async fn msg_kafka_publishes_committed_orders_only_and_projects_them_once() {
     let statuses: Vec<&str> = report.orders.iter().map(|(_, s)| s.as_str()).collect();
     assert_eq!(statuses, ["succeeded", "succeeded", "failed"]);
     assert_eq!(
-        report.records, 2,
+        report.applied, 2,
         "the aborted order's message was never seen"
     );
     assert_eq!(

@@ -36,8 +36,8 @@ pub struct Report {
     pub topic: String,
     /// Each order and its message's final status.
     pub orders: Vec<(String, String)>,
-    /// Records on the topic.
-    pub records: usize,
+    /// Records the projection applied (through its inbox).
+    pub applied: usize,
     /// The projection: total ordered per customer.
     pub totals: Vec<(String, i64)>,
 }
@@ -267,7 +267,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<Report> {
         brokers,
         topic,
         orders: report_orders,
-        records: applied as usize,
+        applied: applied as usize,
         totals,
     })
 }

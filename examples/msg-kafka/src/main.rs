@@ -20,7 +20,7 @@ async fn main() -> anyhow::Result<()> {
     }
     println!(
         "records of topic {} applied by the projection: {}",
-        report.topic, report.records
+        report.topic, report.applied
     );
     for (customer, total) in &report.totals {
         println!("projection: {customer} ordered for {total}");
