@@ -72,7 +72,8 @@ macro_rules! sql_store {
         begin: $begin:literal,
         lock: $lock:literal,
         claim: $claim:expr,
-        migrations: $migrations:expr $(,)?
+        migrations: $migrations:expr,
+        admin: $admin:ident $(,)?
     ) => {
         $crate::store::sql::row_decoders!($db);
 
@@ -389,7 +390,7 @@ macro_rules! sql_store {
             store: $store,
             db: $db,
             write: write,
-            read: read,
+            read: $admin,
             now: $now,
             begin: $begin,
             lock: $lock,

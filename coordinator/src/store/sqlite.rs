@@ -63,6 +63,7 @@ super::sql::sql_store! {
         (2, "audit", include_str!("../../../migrations/sqlite/0002_audit.sql")),
         (3, "dashboard", include_str!("../../../migrations/sqlite/0003_dashboard.sql")),
     ]),
+    admin: read,
 }
 
 // SQLite runs in-process: statements cost no round trip, so the portable statement-per-row

@@ -60,6 +60,31 @@ fn cpu_ms(pid: u32) -> Option<f64> {
     Some(ticks * 10.0) // USER_HZ is 100 on Linux
 }
 
+/// CPU time (ms) used so far by all live processes whose command name starts with
+/// `prefix` (the PostgreSQL server's backends, say).
+fn cpu_ms_named(prefix: &str) -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.starts_with(prefix))
+        })
+        .filter_map(cpu_ms)
+        .sum()
+}
+
+/// The server processes whose CPU counts as the database's (none for SQLite, which runs
+/// inside the coordinator).
+fn db_process(store: &str) -> &'static str {
+    match store {
+        "postgres" => "postgres",
+        "mysql" => "mariadbd",
+        _ => "",
+    }
+}
+
 /// Resident memory of a process, in MiB.
 fn rss_mib(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -247,7 +272,7 @@ async fn run(
 ) -> anyhow::Result<RunResult> {
     let step = |name: &str| SagaStep {
         action: format!("{busi}/{name}/action"),
-        compensate: Some(format!("{busi}/{name}/compensate")),
+        compensate: (std::env::var_os("DTX_BENCH_NO_COMP").is_none()).then(|| format!("{busi}/{name}/compensate")),
         payload: Some(serde_json::json!({"amount": 1})),
         ..Default::default()
     };
@@ -394,8 +419,8 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     println!(
-        "{:<9} {:<4} {:>6} {:>4} {:>9} {:>9} {:>9} {:>12}  {:<8} vs pgbench",
-        "store", "load", "N", "C", "tx/s", "p50 ms", "p99 ms", "coord CPU/tx", "calls"
+        "{:<9} {:<4} {:>6} {:>4} {:>9} {:>9} {:>9}  {:<23}  {:<8} vs pgbench",
+        "store", "load", "N", "C", "tx/s", "p50 ms", "p99 ms", "CPU ms/tx coord/db/load", "calls"
     );
     let mut all_ok = true;
     for (store, keep, url) in &targets {
@@ -410,6 +435,8 @@ async fn main() -> anyhow::Result<()> {
             for &c in &args.concurrency {
                 let tag = format!("bench-{run_id}-{store}-{workload}-c{c}");
                 let cpu_before = pid.and_then(cpu_ms);
+                let db_before = cpu_ms_named(db_process(store));
+                let load_before = cpu_ms(std::process::id());
                 let r = run(
                     &client,
                     &busi,
@@ -425,12 +452,23 @@ async fn main() -> anyhow::Result<()> {
                     Some(b) if store == "postgres" => format!("{:.2}x", r.tps / b),
                     _ => String::new(),
                 };
-                let cpu = match (cpu_before, pid.and_then(cpu_ms)) {
-                    (Some(a), Some(b)) => format!("{:.3} ms", (b - a) / args.transactions as f64),
+                let per_tx = |ms: f64| ms / args.transactions as f64;
+                let coord = match (cpu_before, pid.and_then(cpu_ms)) {
+                    (Some(a), Some(b)) => format!("{:.3}", per_tx(b - a)),
                     _ => "-".into(),
                 };
+                let db = if db_process(store).is_empty() {
+                    "-".into()
+                } else {
+                    format!("{:.3}", per_tx(cpu_ms_named(db_process(store)) - db_before))
+                };
+                let load = match (load_before, cpu_ms(std::process::id())) {
+                    (Some(a), Some(b)) => format!("{:.3}", per_tx(b - a)),
+                    _ => "-".into(),
+                };
+                let cpu = format!("{coord}/{db}/{load}");
                 println!(
-                    "{:<9} {:<4} {:>6} {:>4} {:>9.0} {:>9.2} {:>9.2} {:>12}  {:<8} {}",
+                    "{:<9} {:<4} {:>6} {:>4} {:>9.0} {:>9.2} {:>9.2}  {:<23}  {:<8} {}",
                     store,
                     workload.to_uppercase(),
                     args.transactions,
