@@ -214,37 +214,44 @@ impl Driver {
             let Ok(_permit) = this.permits.clone().acquire_owned().await else {
                 return;
             };
-            // Loaded before the span opens, so that the span continues the transaction's
-            // trace (kept with it since its creation).
-            let w = match known {
-                Some(w) => w,
-                None => match this.load(&gid).await {
-                    Ok(Some(w)) => w,
-                    Ok(None) => {
-                        debug!(gid = %gid, "not leased to this process; leaving it");
-                        return;
-                    }
-                    Err(e) => {
-                        warn!(gid = %gid, error = %e, "cannot load a claimed transaction; the poller will resume it after the lease expires");
-                        return;
-                    }
-                },
-            };
-            let span = info_span!(
-                "transaction",
-                gid = %gid,
-                trans_type = %w.tx.trans_type,
-                status = %w.tx.status
-            );
-            crate::telemetry::set_parent(&span, w.traceparent.as_deref());
-            if let Err(e) = this
-                .drive_from(&gid, Some(w))
-                .instrument(span.clone())
-                .await
-            {
-                span.in_scope(|| warn!(error = %e, "drive interrupted; the poller will resume it after the lease expires"));
-            }
+            // The drive's future (its HTTP calls' state included) is several kilobytes:
+            // boxed, it is allocated only once a slot is free, so that transactions queued
+            // for a slot cost their data and not a drive's stack each.
+            Box::pin(this.drive_spawned(gid, known)).await;
         });
+    }
+
+    async fn drive_spawned(&self, gid: String, known: Option<Working>) {
+        // Loaded before the span opens, so that the span continues the transaction's
+        // trace (kept with it since its creation).
+        let w = match known {
+            Some(w) => w,
+            None => match self.load(&gid).await {
+                Ok(Some(w)) => w,
+                Ok(None) => {
+                    debug!(gid = %gid, "not leased to this process; leaving it");
+                    return;
+                }
+                Err(e) => {
+                    warn!(gid = %gid, error = %e, "cannot load a claimed transaction; the poller will resume it after the lease expires");
+                    return;
+                }
+            },
+        };
+        let span = info_span!(
+            "transaction",
+            gid = %gid,
+            trans_type = %w.tx.trans_type,
+            status = %w.tx.status
+        );
+        crate::telemetry::set_parent(&span, w.traceparent.as_deref());
+        if let Err(e) = self
+            .drive_from(&gid, Some(w))
+            .instrument(span.clone())
+            .await
+        {
+            span.in_scope(|| warn!(error = %e, "drive interrupted; the poller will resume it after the lease expires"));
+        }
     }
 
     /// Free driving slots (the worker pool's size minus the transactions being driven).
