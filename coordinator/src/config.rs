@@ -51,6 +51,11 @@ pub struct Config {
     /// Group commit: share one database commit between the writes of many transactions
     /// (each write is still acknowledged only after its commit). Env: `DTX_GROUP_COMMIT`.
     pub group_commit: bool,
+    /// Keep every participant call in the attempt history (the dashboard's timeline).
+    /// Off (the default): a call succeeding at its op's first attempt is not recorded on
+    /// its own, since the op's row says as much; failures, retries and the success that
+    /// ends them are. Env: `DTX_RECORD_ALL_CALLS`.
+    pub record_all_calls: bool,
     /// Kafka bootstrap servers (`host:port,...`) for `kafka://TOPIC` message steps. Env:
     /// `DTX_KAFKA_BROKERS`.
     pub kafka_brokers: Option<String>,
@@ -128,6 +133,7 @@ impl Default for Config {
             max_branches: 512,
             wait_result_timeout_ms: 30_000,
             group_commit: true,
+            record_all_calls: false,
             shutdown_timeout_ms: 10_000,
             calls_per_target: 64,
             tokens: Vec::new(),
@@ -279,17 +285,23 @@ impl Config {
         if let Some(v) = num("DTX_LEASE_MS")? {
             self.lease_ms = v;
         }
-        if let Some(v) = var("DTX_GROUP_COMMIT") {
-            self.group_commit = match v.as_str() {
-                "1" | "true" | "on" => true,
-                "0" | "false" | "off" => false,
-                _ => {
-                    return Err(ConfigError::Env {
-                        name: "DTX_GROUP_COMMIT",
+        let flag = |name: &'static str| -> Result<Option<bool>, ConfigError> {
+            var(name)
+                .map(|v| match v.as_str() {
+                    "1" | "true" | "on" => Ok(true),
+                    "0" | "false" | "off" => Ok(false),
+                    _ => Err(ConfigError::Env {
+                        name,
                         detail: format!("`{v}`: use true or false"),
-                    });
-                }
-            };
+                    }),
+                })
+                .transpose()
+        };
+        if let Some(v) = flag("DTX_GROUP_COMMIT")? {
+            self.group_commit = v;
+        }
+        if let Some(v) = flag("DTX_RECORD_ALL_CALLS")? {
+            self.record_all_calls = v;
         }
         if let Some(v) = num("DTX_MAX_CONNECTIONS")? {
             self.max_connections = v as u32;

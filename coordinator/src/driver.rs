@@ -90,6 +90,11 @@ pub struct DriverConfig {
     pub target_limits: crate::invoke::http::TargetLimits,
     /// Publishes `kafka://` message steps (none: such steps wait, failing transiently).
     pub kafka: Option<crate::invoke::KafkaInvoker>,
+    /// Keep every participant call in the attempt history. Off: a call that succeeds at
+    /// an op's first attempt is not recorded on its own (the op's row already says it
+    /// succeeded, when, after one call); failures, retries and the success ending them
+    /// are recorded.
+    pub record_all_calls: bool,
 }
 
 /// Drives transactions leased to this process.
@@ -310,6 +315,7 @@ impl Driver {
     async fn run(&self, w: &mut Working) -> Result<Option<()>, DriveError> {
         let mut changed: BTreeSet<usize> = BTreeSet::new();
         let mut attempts: Vec<AttemptRecord> = Vec::new();
+        let mut calls = 0;
         loop {
             let now = self.clock.now();
             let plan = engine::plan(&w.tx, &w.ops, now);
@@ -361,6 +367,7 @@ impl Driver {
                         plan.wake_at
                     },
                     ops: changed.iter().map(|&i| op_update(&w.ops[i])).collect(),
+                    calls: std::mem::take(&mut calls),
                     attempts: std::mem::take(&mut attempts),
                     lease_ms: keep.then(|| self.lease_for(w)),
                 };
@@ -429,6 +436,13 @@ impl Driver {
                 };
                 self.metrics
                     .attempt(op.op, label, &w.rows[i].target, elapsed.as_secs_f64());
+                calls += 1;
+                if matches!(outcome, Outcome::Success)
+                    && op.attempts == 1
+                    && !self.config.record_all_calls
+                {
+                    continue;
+                }
                 attempts.push(AttemptRecord {
                     branch_id: op.branch_id.clone(),
                     op: op.op,

@@ -79,6 +79,7 @@ pub async fn serve(
                 config.target_limits.clone(),
             ),
             kafka: kafka.clone(),
+            record_all_calls: config.record_all_calls,
         },
     ));
     let coordinator = Arc::new(Coordinator::new(

@@ -247,6 +247,31 @@ async fn operators_filter_and_act_on_ops_and_budgets(backend: Backend) {
         })
         .await;
     assert_eq!(d["options"]["policy"]["retry_limit"], 4);
+    // The history keeps the four failed calls of b/action, not a/action's success at its
+    // first attempt (its op row says so); the branch's call count has them all.
+    let (a, b) = (branch_of(&d, "a/action"), branch_of(&d, "b/action"));
+    let history: Vec<(&str, &str)> = d["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["branch_id"].as_str().unwrap(),
+                t["outcome"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(history, vec![(b.as_str(), "transient"); 4], "{d}");
+    let a_op = d["branches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["branch_id"] == a.as_str() && o["op"] == "action")
+        .unwrap();
+    assert_eq!(
+        (a_op["status"].as_str(), a_op["attempts"].as_i64()),
+        (Some("succeeded"), Some(1))
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         p2.count("b/action", &stuck[0]),
@@ -417,9 +442,14 @@ fn cli(url: &str, token: &str, args: &[&str]) -> (bool, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_mirrors_the_admin_api() {
     let db = Backend::Sqlite.fresh().await;
+    // Every call in the history, first-try successes too.
     let coord = CoordinatorProc::start(
         &db.url,
-        &[("DTX_ADMIN_TOKEN", ADMIN), ("DTX_VIEWER_TOKEN", VIEWER)],
+        &[
+            ("DTX_ADMIN_TOKEN", ADMIN),
+            ("DTX_VIEWER_TOKEN", VIEWER),
+            ("DTX_RECORD_ALL_CALLS", "true"),
+        ],
     )
     .await;
     let p = Participant::start().await;

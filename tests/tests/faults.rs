@@ -250,7 +250,8 @@ async fn a_frozen_coordinator_cannot_overwrite_its_successor() {
         },
     );
     let cdb = Backend::Postgres.fresh().await;
-    let env = [("DTX_LEASE_MS", "1000")];
+    // Every call in the history (first-try successes too): it shows whose calls they were.
+    let env = [("DTX_LEASE_MS", "1000"), ("DTX_RECORD_ALL_CALLS", "true")];
     let a = CoordinatorProc::start(&cdb.url, &env).await;
     let b = CoordinatorProc::start(&cdb.url, &env).await;
     let t = Transfer {

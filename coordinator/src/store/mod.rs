@@ -246,7 +246,10 @@ pub struct Progress {
     pub next_attempt_at: Option<i64>,
     /// Ops changed by the round.
     pub ops: Vec<OpUpdate>,
-    /// Calls made in the round.
+    /// Participant calls made since the last write (added to the transaction's count).
+    pub calls: i64,
+    /// The calls among them kept in the attempt history (see
+    /// [`crate::driver::DriverConfig::record_all_calls`]).
     pub attempts: Vec<AttemptRecord>,
     /// `Some(ms)`: extend the lease by `ms` from now; `None`: release it.
     pub lease_ms: Option<i64>,

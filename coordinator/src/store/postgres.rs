@@ -30,9 +30,10 @@ impl PgStore {
         // empty would otherwise scan them, and keep scanning them as they grow until the
         // statistics are refreshed (measured: a fresh database's throughput fell by half
         // within 30,000 transactions, the database busy reading dtx_global end to end).
-        let hot = base
-            .clone()
-            .options([("plan_cache_mode", "force_generic_plan"), ("enable_seqscan", "off")]);
+        let hot = base.clone().options([
+            ("plan_cache_mode", "force_generic_plan"),
+            ("enable_seqscan", "off"),
+        ]);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(2))
             .connect_with(hot)
@@ -150,7 +151,7 @@ impl PgStore {
         .bind(p.needs_attention.as_deref())
         .bind(p.rollback_reason.as_deref())
         .bind(p.next_attempt_at)
-        .bind(p.attempts.len() as i64)
+        .bind(p.calls)
         .bind(p.status.is_final())
         .bind(p.lease_ms.map(|_| owner))
         .bind(p.lease_ms)
@@ -344,7 +345,7 @@ impl PgStore {
         .bind(saves.iter().map(|s| s.progress.needs_attention.as_deref()).collect::<Vec<_>>())
         .bind(saves.iter().map(|s| s.progress.rollback_reason.as_deref()).collect::<Vec<_>>())
         .bind(saves.iter().map(|s| s.progress.next_attempt_at).collect::<Vec<_>>())
-        .bind(saves.iter().map(|s| s.progress.attempts.len() as i64).collect::<Vec<_>>())
+        .bind(saves.iter().map(|s| s.progress.calls).collect::<Vec<_>>())
         .bind(saves.iter().map(|s| s.progress.status.is_final()).collect::<Vec<_>>())
         .bind(saves.iter().map(|s| s.progress.lease_ms).collect::<Vec<_>>())
         .bind(ops.iter().map(|(g, _)| *g).collect::<Vec<_>>())

@@ -163,7 +163,7 @@ macro_rules! sql_store {
                 .bind(p.needs_attention.as_deref())
                 .bind(p.rollback_reason.as_deref())
                 .bind(p.next_attempt_at)
-                .bind(p.attempts.len() as i64)
+                .bind(p.calls)
                 .bind(p.status.is_final())
                 .bind(p.lease_ms.map(|_| owner))
                 .bind(p.lease_ms)
