@@ -45,6 +45,11 @@ struct Args {
     /// Transactions to hold in flight at once for the memory measurement (0: skip).
     #[arg(long, default_value_t = 10_000)]
     in_flight: usize,
+    /// Calls in flight at once to the participant (the coordinator's
+    /// DTX_CALLS_PER_TARGET): high, so that holding 10,000 transactions in flight for the
+    /// memory figure takes seconds; each slot costs the coordinator about 23 KiB.
+    #[arg(long, default_value_t = 512)]
+    calls_per_target: usize,
     /// Seconds of pgbench per concurrency level for the PostgreSQL bound (0: skip).
     #[arg(long, default_value_t = 10)]
     pgbench_seconds: u32,
@@ -272,7 +277,7 @@ async fn run(
 ) -> anyhow::Result<RunResult> {
     let step = |name: &str| SagaStep {
         action: format!("{busi}/{name}/action"),
-        compensate: (std::env::var_os("DTX_BENCH_NO_COMP").is_none()).then(|| format!("{busi}/{name}/compensate")),
+        compensate: Some(format!("{busi}/{name}/compensate")),
         payload: Some(serde_json::json!({"amount": 1})),
         ..Default::default()
     };
@@ -398,9 +403,9 @@ async fn main() -> anyhow::Result<()> {
                 other => bail!("unknown store `{other}` (sqlite, postgres, mysql)"),
             };
             let db = backend.fresh().await;
-            // 512 calls at once to the one participant, so that holding 10,000 transactions
-            // in flight for the memory figure takes seconds, not minutes.
-            let coord = CoordinatorProc::start(&db.url, &[("DTX_CALLS_PER_TARGET", "512")]).await;
+            let calls = args.calls_per_target.to_string();
+            let coord =
+                CoordinatorProc::start(&db.url, &[("DTX_CALLS_PER_TARGET", calls.as_str())]).await;
             let url = coord.url.clone();
             targets.push((store.clone(), Some((coord, db)), url));
         }
