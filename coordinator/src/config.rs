@@ -51,6 +51,9 @@ pub struct Config {
     /// Group commit: share one database commit between the writes of many transactions
     /// (each write is still acknowledged only after its commit). Env: `DTX_GROUP_COMMIT`.
     pub group_commit: bool,
+    /// Group commits in flight at once (PostgreSQL, MySQL; SQLite always has one).
+    /// Env: `DTX_GROUP_COMMIT_WRITERS`.
+    pub group_commit_writers: usize,
     /// Keep every participant call in the attempt history (the dashboard's timeline).
     /// Off (the default): a call succeeding at its op's first attempt is not recorded on
     /// its own, since the op's row says as much; failures, retries and the success that
@@ -133,6 +136,7 @@ impl Default for Config {
             max_branches: 512,
             wait_result_timeout_ms: 30_000,
             group_commit: true,
+            group_commit_writers: 1,
             record_all_calls: false,
             shutdown_timeout_ms: 10_000,
             calls_per_target: 64,
@@ -302,6 +306,9 @@ impl Config {
         }
         if let Some(v) = flag("DTX_RECORD_ALL_CALLS")? {
             self.record_all_calls = v;
+        }
+        if let Some(v) = num("DTX_GROUP_COMMIT_WRITERS")? {
+            self.group_commit_writers = (v as usize).max(1);
         }
         if let Some(v) = num("DTX_MAX_CONNECTIONS")? {
             self.max_connections = v as u32;

@@ -90,6 +90,10 @@ impl HttpInvoker {
             .pool_max_idle_per_host(256)
             .pool_idle_timeout(Duration::from_secs(60))
             .tcp_nodelay(true)
+            // A participant answers; it does not send the coordinator elsewhere (a 3xx is
+            // an answer like any other non-2xx: transient). Following redirects also cost
+            // a second parse of every URL.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap_or_else(|_| reqwest::Client::new());
         Self { client, limits }

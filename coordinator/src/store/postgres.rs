@@ -207,23 +207,20 @@ impl PgStore {
         let mut seen = std::collections::HashSet::new();
         let (firsts, repeats): (Vec<usize>, Vec<usize>) =
             (0..inserts.len()).partition(|&i| seen.insert(inserts[i].gid.as_str()));
+        let (created, updated) = self.write_many(inserts, &firsts, saves).await?;
         let mut ins: Vec<Option<super::Inserted>> = vec![None; inserts.len()];
-        let mut sav = Vec::new();
-        let one = usize::from(!firsts.is_empty()) + usize::from(!saves.is_empty()) == 1;
-        if one {
-            // A single statement commits by itself: no BEGIN / COMMIT round trips.
-            if !firsts.is_empty() {
-                self.insert_many(&self.write, inserts, &firsts, &mut ins)
-                    .await?;
+        for &i in &firsts {
+            ins[i] = if created.contains(inserts[i].gid.as_str()) {
+                Some(super::Inserted::Created { version: 1 })
             } else {
-                sav = self.save_many(&self.write, saves).await?;
-            }
-        } else if !firsts.is_empty() {
-            let mut db = self.write.begin().await.ctx("begin batch")?;
-            self.insert_many(&mut *db, inserts, &firsts, &mut ins)
-                .await?;
-            sav = self.save_many(&mut *db, saves).await?;
-            db.commit().await.ctx("commit batch")?;
+                // Rare: a repeated submit. Read what is there (after the batch's commit).
+                let row = sqlx::query("SELECT * FROM dtx_global WHERE gid = $1")
+                    .bind(&inserts[i].gid)
+                    .fetch_one(&self.read)
+                    .await
+                    .ctx("read existing transaction")?;
+                Some(super::Inserted::Exists(Box::new(global_from_row(&row)?)))
+            };
         }
         for i in repeats {
             ins[i] = Some(self.insert_tx(&inserts[i]).await?);
@@ -232,25 +229,50 @@ impl PgStore {
             .into_iter()
             .map(|i| i.ok_or_else(|| StoreError::Batch("insert without answer".into())))
             .collect::<Result<_, _>>()?;
+        let sav = saves
+            .iter()
+            .map(|s| {
+                if updated.contains(s.gid.as_str()) {
+                    super::Saved::Ok(s.version + 1)
+                } else {
+                    super::Saved::Conflict
+                }
+            })
+            .collect();
         Ok((ins, sav))
     }
 
-    async fn insert_many<'e, E>(
+    /// The inserts (those at `which`) and the saves of a batch in one statement, which
+    /// commits by itself: one round trip, no BEGIN and COMMIT. Returns the gids created
+    /// and the gids saved (a save missing from it lost its fence).
+    async fn write_many(
         &self,
-        exec: E,
         inserts: &[super::NewTransaction],
         which: &[usize],
-        out: &mut [Option<super::Inserted>],
-    ) -> Result<(), StoreError>
-    where
-        E: sqlx::PgExecutor<'e>,
-    {
+        saves: &[super::SaveRequest],
+    ) -> Result<
+        (
+            std::collections::HashSet<String>,
+            std::collections::HashSet<String>,
+        ),
+        StoreError,
+    > {
         let txs: Vec<&super::NewTransaction> = which.iter().map(|&i| &inserts[i]).collect();
         let ops: Vec<(&str, &super::NewOp)> = txs
             .iter()
             .flat_map(|t| t.ops.iter().map(move |o| (t.gid.as_str(), o)))
             .collect();
-        let created: Vec<String> = sqlx::query_scalar(concat!(
+        let updates: Vec<(&str, &super::OpUpdate)> = saves
+            .iter()
+            .flat_map(|s| s.progress.ops.iter().map(move |o| (s.gid.as_str(), o)))
+            .collect();
+        let attempts: Vec<(&super::SaveRequest, &super::AttemptRecord)> = saves
+            .iter()
+            .flat_map(|s| s.progress.attempts.iter().map(move |a| (s, a)))
+            .collect();
+        // The saves' gids were all inserted by earlier, committed statements: the two
+        // halves touch different rows and need not see each other's changes.
+        let rows: Vec<(bool, String)> = sqlx::query_as(concat!(
             "WITH g AS (INSERT INTO dtx_global (gid, trans_type, status, options, created_at, updated_at, timeout_at, next_attempt_at, lease_owner, lease_until, version) ",
             "SELECT t.gid, t.trans_type, t.status, t.options, ", now!(), ", ", now!(), ", ", now!(), " + t.timeout_ms, ", now!(), " + t.first_look_ms, t.lease_owner, ", now!(), " + t.lease_ms, 1 ",
             "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[], $7::text[], $8::bigint[]) ",
@@ -259,8 +281,26 @@ impl PgStore {
             "b AS (INSERT INTO dtx_branch (gid, branch_id, op, seq, target, payload, status, retry_limit, request_timeout_ms, created_at, updated_at) ",
             "SELECT u.gid, u.branch_id, u.op, u.seq, u.target, u.payload, 'pending', u.retry_limit, u.request_timeout_ms, ", now!(), ", ", now!(),
             " FROM unnest($9::text[], $10::text[], $11::text[], $12::bigint[], $13::text[], $14::bytea[], $15::bigint[], $16::bigint[]) ",
-            "AS u(gid, branch_id, op, seq, target, payload, retry_limit, request_timeout_ms) JOIN g ON g.gid = u.gid) ",
-            "SELECT gid FROM g"
+            "AS u(gid, branch_id, op, seq, target, payload, retry_limit, request_timeout_ms) JOIN g ON g.gid = u.gid), ",
+            "i AS (SELECT * FROM unnest($17::text[], $18::bigint[], $19::text[], $20::text[], $21::text[], $22::text[], $23::bigint[], $24::bigint[], $25::bool[], $26::bigint[]) ",
+            "AS t(gid, version, owner, status, needs_attention, rollback_reason, next_attempt_at, calls, final, lease_ms)), ",
+            "s AS (UPDATE dtx_global d SET status = i.status, needs_attention = i.needs_attention, ",
+            "rollback_reason = COALESCE(d.rollback_reason, i.rollback_reason), next_attempt_at = i.next_attempt_at, ",
+            "attempts = d.attempts + i.calls, version = d.version + 1, updated_at = ", now!(), ", ",
+            "finished_at = CASE WHEN i.final THEN ", now!(), " ELSE d.finished_at END, ",
+            "lease_owner = CASE WHEN i.lease_ms IS NULL THEN NULL ELSE i.owner END, lease_until = ", now!(), " + i.lease_ms ",
+            // `= ANY(...)` lets the planner find the rows through the primary key instead of
+            // joining the whole table with the unnested input.
+            "FROM i WHERE d.gid = ANY($17::text[]) AND d.gid = i.gid AND d.version = i.version AND d.lease_owner = i.owner RETURNING d.gid), ",
+            "sb AS (UPDATE dtx_branch br SET status = u.status, attempts = u.attempts, next_at = u.next_at, last_error = u.last_error, updated_at = ", now!(),
+            " FROM unnest($27::text[], $28::text[], $29::text[], $30::text[], $31::bigint[], $32::bigint[], $33::text[]) ",
+            "AS u(gid, branch_id, op, status, attempts, next_at, last_error) JOIN s ON s.gid = u.gid ",
+            "WHERE br.gid = ANY($27::text[]) AND br.gid = u.gid AND br.branch_id = u.branch_id AND br.op = u.op), ",
+            "sa AS (INSERT INTO dtx_attempt (gid, branch_id, op, started_at, duration_ms, outcome, error, owner) ",
+            "SELECT u.gid, u.branch_id, u.op, u.started_at, u.duration_ms, u.outcome, u.error, u.owner ",
+            "FROM unnest($34::text[], $35::text[], $36::text[], $37::bigint[], $38::bigint[], $39::text[], $40::text[], $41::text[]) ",
+            "AS u(gid, branch_id, op, started_at, duration_ms, outcome, error, owner) JOIN s ON s.gid = u.gid) ",
+            "SELECT true, gid FROM g UNION ALL SELECT false, gid FROM s"
         ))
         .bind(txs.iter().map(|t| t.gid.as_str()).collect::<Vec<_>>())
         .bind(txs.iter().map(|t| t.trans_type.as_str()).collect::<Vec<_>>())
@@ -278,66 +318,6 @@ impl PgStore {
         .bind(ops.iter().map(|(_, o)| o.payload.as_slice()).collect::<Vec<_>>())
         .bind(ops.iter().map(|(_, o)| o.retry_limit).collect::<Vec<_>>())
         .bind(ops.iter().map(|(_, o)| o.request_timeout_ms).collect::<Vec<_>>())
-        .fetch_all(exec)
-        .await
-        .ctx("insert transactions")?;
-        let created: std::collections::HashSet<&str> = created.iter().map(String::as_str).collect();
-        for &i in which {
-            out[i] = if created.contains(inserts[i].gid.as_str()) {
-                Some(super::Inserted::Created { version: 1 })
-            } else {
-                // Rare: a repeated submit. Read what is there (outside the batch's statement).
-                let row = sqlx::query("SELECT * FROM dtx_global WHERE gid = $1")
-                    .bind(&inserts[i].gid)
-                    .fetch_one(&self.read)
-                    .await
-                    .ctx("read existing transaction")?;
-                Some(super::Inserted::Exists(Box::new(global_from_row(&row)?)))
-            };
-        }
-        Ok(())
-    }
-
-    async fn save_many<'e, E>(
-        &self,
-        exec: E,
-        saves: &[super::SaveRequest],
-    ) -> Result<Vec<super::Saved>, StoreError>
-    where
-        E: sqlx::PgExecutor<'e>,
-    {
-        if saves.is_empty() {
-            return Ok(Vec::new());
-        }
-        let ops: Vec<(&str, &super::OpUpdate)> = saves
-            .iter()
-            .flat_map(|s| s.progress.ops.iter().map(move |o| (s.gid.as_str(), o)))
-            .collect();
-        let attempts: Vec<(&super::SaveRequest, &super::AttemptRecord)> = saves
-            .iter()
-            .flat_map(|s| s.progress.attempts.iter().map(move |a| (s, a)))
-            .collect();
-        let updated: Vec<String> = sqlx::query_scalar(concat!(
-            "WITH i AS (SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::bigint[], $9::bool[], $10::bigint[]) ",
-            "AS t(gid, version, owner, status, needs_attention, rollback_reason, next_attempt_at, attempts_added, final, lease_ms)), ",
-            "g AS (UPDATE dtx_global d SET status = i.status, needs_attention = i.needs_attention, ",
-            "rollback_reason = COALESCE(d.rollback_reason, i.rollback_reason), next_attempt_at = i.next_attempt_at, ",
-            "attempts = d.attempts + i.attempts_added, version = d.version + 1, updated_at = ", now!(), ", ",
-            "finished_at = CASE WHEN i.final THEN ", now!(), " ELSE d.finished_at END, ",
-            "lease_owner = CASE WHEN i.lease_ms IS NULL THEN NULL ELSE i.owner END, lease_until = ", now!(), " + i.lease_ms ",
-            // `= ANY($1)` lets the planner find the rows through the primary key instead of
-            // joining the whole table with the unnested input.
-            "FROM i WHERE d.gid = ANY($1::text[]) AND d.gid = i.gid AND d.version = i.version AND d.lease_owner = i.owner RETURNING d.gid), ",
-            "b AS (UPDATE dtx_branch br SET status = u.status, attempts = u.attempts, next_at = u.next_at, last_error = u.last_error, updated_at = ", now!(),
-            " FROM unnest($11::text[], $12::text[], $13::text[], $14::text[], $15::bigint[], $16::bigint[], $17::text[]) ",
-            "AS u(gid, branch_id, op, status, attempts, next_at, last_error) JOIN g ON g.gid = u.gid ",
-            "WHERE br.gid = ANY($11::text[]) AND br.gid = u.gid AND br.branch_id = u.branch_id AND br.op = u.op), ",
-            "a AS (INSERT INTO dtx_attempt (gid, branch_id, op, started_at, duration_ms, outcome, error, owner) ",
-            "SELECT u.gid, u.branch_id, u.op, u.started_at, u.duration_ms, u.outcome, u.error, u.owner ",
-            "FROM unnest($18::text[], $19::text[], $20::text[], $21::bigint[], $22::bigint[], $23::text[], $24::text[], $25::text[]) ",
-            "AS u(gid, branch_id, op, started_at, duration_ms, outcome, error, owner) JOIN g ON g.gid = u.gid) ",
-            "SELECT gid FROM g"
-        ))
         .bind(saves.iter().map(|s| s.gid.as_str()).collect::<Vec<_>>())
         .bind(saves.iter().map(|s| s.version).collect::<Vec<_>>())
         .bind(saves.iter().map(|s| s.owner.as_str()).collect::<Vec<_>>())
@@ -348,13 +328,13 @@ impl PgStore {
         .bind(saves.iter().map(|s| s.progress.calls).collect::<Vec<_>>())
         .bind(saves.iter().map(|s| s.progress.status.is_final()).collect::<Vec<_>>())
         .bind(saves.iter().map(|s| s.progress.lease_ms).collect::<Vec<_>>())
-        .bind(ops.iter().map(|(g, _)| *g).collect::<Vec<_>>())
-        .bind(ops.iter().map(|(_, o)| o.branch_id.as_str()).collect::<Vec<_>>())
-        .bind(ops.iter().map(|(_, o)| o.op.as_str()).collect::<Vec<_>>())
-        .bind(ops.iter().map(|(_, o)| o.status.as_str()).collect::<Vec<_>>())
-        .bind(ops.iter().map(|(_, o)| o.attempts).collect::<Vec<_>>())
-        .bind(ops.iter().map(|(_, o)| o.next_at).collect::<Vec<_>>())
-        .bind(ops.iter().map(|(_, o)| o.last_error.as_deref()).collect::<Vec<_>>())
+        .bind(updates.iter().map(|(g, _)| *g).collect::<Vec<_>>())
+        .bind(updates.iter().map(|(_, o)| o.branch_id.as_str()).collect::<Vec<_>>())
+        .bind(updates.iter().map(|(_, o)| o.op.as_str()).collect::<Vec<_>>())
+        .bind(updates.iter().map(|(_, o)| o.status.as_str()).collect::<Vec<_>>())
+        .bind(updates.iter().map(|(_, o)| o.attempts).collect::<Vec<_>>())
+        .bind(updates.iter().map(|(_, o)| o.next_at).collect::<Vec<_>>())
+        .bind(updates.iter().map(|(_, o)| o.last_error.as_deref()).collect::<Vec<_>>())
         .bind(attempts.iter().map(|(s, _)| s.gid.as_str()).collect::<Vec<_>>())
         .bind(attempts.iter().map(|(_, a)| a.branch_id.as_str()).collect::<Vec<_>>())
         .bind(attempts.iter().map(|(_, a)| a.op.as_str()).collect::<Vec<_>>())
@@ -363,19 +343,18 @@ impl PgStore {
         .bind(attempts.iter().map(|(_, a)| a.outcome).collect::<Vec<_>>())
         .bind(attempts.iter().map(|(_, a)| a.error.as_deref()).collect::<Vec<_>>())
         .bind(attempts.iter().map(|(s, _)| s.owner.as_str()).collect::<Vec<_>>())
-        .fetch_all(exec)
+        .fetch_all(&self.write)
         .await
-        .ctx("save progress")?;
-        let updated: std::collections::HashSet<&str> = updated.iter().map(String::as_str).collect();
-        Ok(saves
-            .iter()
-            .map(|s| {
-                if updated.contains(s.gid.as_str()) {
-                    super::Saved::Ok(s.version + 1)
-                } else {
-                    super::Saved::Conflict
-                }
-            })
-            .collect())
+        .ctx("write batch")?;
+        let mut created = std::collections::HashSet::new();
+        let mut updated = std::collections::HashSet::new();
+        for (inserted, gid) in rows {
+            if inserted {
+                created.insert(gid);
+            } else {
+                updated.insert(gid);
+            }
+        }
+        Ok((created, updated))
     }
 }
