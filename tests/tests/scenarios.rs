@@ -574,6 +574,77 @@ async fn spent_retry_budget_needs_attention(backend: Backend) {
     assert_eq!(listed["transactions"][0]["gid"], gid.as_str());
 }
 
+/// Many sagas at once, so that their writes share commits (inserts and saves of different
+/// transactions in one batch, and the same gid submitted twice at once): every one ends as
+/// it should, each participant call happens once, and the stored rows say so.
+async fn many_sagas_at_once_share_commits(backend: Backend) {
+    let w = world(backend, &[]).await;
+    w.p.set("refuse/action", Behaviour::Status(409));
+    let client = w.coord.client();
+    let run = format!("batch{:08x}", fastrand::u32(..));
+    let mut submits = Vec::new();
+    for i in 0..120 {
+        // Every third one is refused at step 2 and compensated.
+        let second = if i % 3 == 0 { "refuse" } else { "ship" };
+        let saga = SubmitSaga {
+            gid: Some(format!("{run}-{i}")),
+            steps: vec![step(&w, "order"), step(&w, second)],
+            options: quick(),
+            wait_result: true,
+            ..Default::default()
+        };
+        // The first ten are submitted twice at once.
+        for _ in 0..if i < 10 { 2 } else { 1 } {
+            let (client, saga) = (client.clone(), saga.clone());
+            submits.push(tokio::spawn(async move {
+                client.submit_saga(&saga).await.unwrap()
+            }));
+        }
+    }
+    for s in submits {
+        let accepted = s.await.unwrap();
+        let i: usize = accepted.gid.rsplit('-').next().unwrap().parse().unwrap();
+        let want = if i % 3 == 0 {
+            GlobalStatus::Failed
+        } else {
+            GlobalStatus::Succeeded
+        };
+        assert_eq!(accepted.status, want, "{}", accepted.gid);
+    }
+    for i in 0..120 {
+        let gid = format!("{run}-{i}");
+        let expected: &[&str] = if i % 3 == 0 {
+            &[
+                "order/action",
+                "refuse/action",
+                "refuse/compensate",
+                "order/compensate",
+            ]
+        } else {
+            &["order/action", "ship/action"]
+        };
+        assert_eq!(w.p.sequence(&gid), expected, "{gid}");
+        let tx = client.query(&gid).await.unwrap();
+        assert!(tx.finished_at.is_some(), "{gid}");
+        let succeeded = tx
+            .branches
+            .iter()
+            .filter(|b| b.status == OpStatus::Succeeded)
+            .count();
+        let failed = tx
+            .branches
+            .iter()
+            .filter(|b| b.status == OpStatus::Failed)
+            .count();
+        assert_eq!(
+            (succeeded, failed),
+            if i % 3 == 0 { (3, 1) } else { (2, 0) },
+            "{gid}: {:?}",
+            tx.branches
+        );
+    }
+}
+
 macro_rules! on_every_store {
     ($($name:ident),+ $(,)?) => {
         mod sqlite {
@@ -604,4 +675,5 @@ on_every_store!(
     duplicate_submit_is_idempotent,
     coordinator_restart_resumes_from_the_database,
     spent_retry_budget_needs_attention,
+    many_sagas_at_once_share_commits,
 );
