@@ -583,9 +583,13 @@ async fn many_sagas_at_once_share_commits(backend: Backend) {
     let client = w.coord.client();
     let run = format!("batch{:08x}", fastrand::u32(..));
     let mut submits = Vec::new();
-    for i in 0..120 {
+    for i in 0..120usize {
         // Every third one is refused at step 2 and compensated.
-        let second = if i % 3 == 0 { "refuse" } else { "ship" };
+        let second = if i.is_multiple_of(3) {
+            "refuse"
+        } else {
+            "ship"
+        };
         let saga = SubmitSaga {
             gid: Some(format!("{run}-{i}")),
             steps: vec![step(&w, "order"), step(&w, second)],
@@ -604,16 +608,16 @@ async fn many_sagas_at_once_share_commits(backend: Backend) {
     for s in submits {
         let accepted = s.await.unwrap();
         let i: usize = accepted.gid.rsplit('-').next().unwrap().parse().unwrap();
-        let want = if i % 3 == 0 {
+        let want = if i.is_multiple_of(3) {
             GlobalStatus::Failed
         } else {
             GlobalStatus::Succeeded
         };
         assert_eq!(accepted.status, want, "{}", accepted.gid);
     }
-    for i in 0..120 {
+    for i in 0..120usize {
         let gid = format!("{run}-{i}");
-        let expected: &[&str] = if i % 3 == 0 {
+        let expected: &[&str] = if i.is_multiple_of(3) {
             &[
                 "order/action",
                 "refuse/action",
@@ -638,7 +642,7 @@ async fn many_sagas_at_once_share_commits(backend: Backend) {
             .count();
         assert_eq!(
             (succeeded, failed),
-            if i % 3 == 0 { (3, 1) } else { (2, 0) },
+            if i.is_multiple_of(3) { (3, 1) } else { (2, 0) },
             "{gid}: {:?}",
             tx.branches
         );
