@@ -104,6 +104,9 @@ pub struct Driver {
     invoker: HttpInvoker,
     config: DriverConfig,
     permits: Arc<Semaphore>,
+    /// Transactions being driven by this process, each with whether it must be driven
+    /// once more when its drive ends (it was claimed or handed to us again meanwhile).
+    driving: Mutex<HashMap<String, bool>>,
     /// Set on shutdown: drives hand their transaction back at their next step.
     draining: std::sync::atomic::AtomicBool,
     /// Final-status notifications for `wait_result`.
@@ -135,6 +138,7 @@ impl Driver {
             invoker: HttpInvoker::new(config.target_limits.clone()),
             config,
             permits,
+            driving: Mutex::default(),
             draining: false.into(),
             waiters: Waiters::default(),
             metrics: Arc::new(crate::metrics::Metrics::new()),
@@ -214,15 +218,42 @@ impl Driver {
     }
 
     fn spawn_with(self: &Arc<Self>, gid: String, known: Option<Working>) {
+        // One drive per transaction in this process. A transaction claimed again while
+        // its drive runs (an operator's action handed it back, say) is not driven twice
+        // at once — two drives of one process share its lease, and could repeat each
+        // other's calls — but once more, from the database, after the current drive.
+        {
+            let mut driving = self.driving.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(again) = driving.get_mut(&gid) {
+                *again = true;
+                return;
+            }
+            driving.insert(gid.clone(), false);
+        }
         let this = Arc::clone(self);
         tokio::spawn(async move {
             let Ok(_permit) = this.permits.clone().acquire_owned().await else {
+                this.driving
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&gid);
                 return;
             };
             // The drive's future (its HTTP calls' state included) is several kilobytes:
             // boxed, it is allocated only once a slot is free, so that transactions queued
             // for a slot cost their data and not a drive's stack each.
-            Box::pin(this.drive_spawned(gid, known)).await;
+            let mut known = known;
+            loop {
+                Box::pin(this.drive_spawned(gid.clone(), known.take())).await;
+                let mut driving = this.driving.lock().unwrap_or_else(|e| e.into_inner());
+                match driving.get_mut(&gid) {
+                    Some(again) if *again => *again = false,
+                    _ => {
+                        driving.remove(&gid);
+                        return;
+                    }
+                }
+            }
         });
     }
 
