@@ -501,7 +501,10 @@ async fn detail(
             }
         }
         h2 { "Timeline" }
-        @if d.attempts.is_empty() { p.muted { "No participant call yet." } } @else {
+        @if !c.config().record_all_calls {
+            p.muted { "Failed calls, retries and the success ending them. A call that succeeded at its op's first attempt is not listed: its op above says so (DTX_RECORD_ALL_CALLS=true lists every call)." }
+        }
+        @if d.attempts.is_empty() { p.muted { "No call recorded." } } @else {
             table.list #timeline {
                 thead { tr { th { "started" } th { "branch / op" } th { "outcome" } th { "duration" } th { "error" } th { "by" } } }
                 tbody {

@@ -62,7 +62,9 @@ macro_rules! row_decoders {
 
 pub(crate) use row_decoders;
 
-/// Implements [`super::Store`] for a backend struct with `read` and `write` pools.
+/// Implements [`super::Store`] for a backend struct with `read` and `write` pools; `admin`
+/// names the pool of the dashboard's and admin API's queries (`read`, or a pool of its own
+/// planned differently).
 macro_rules! sql_store {
     (
         store: $store:ty,
