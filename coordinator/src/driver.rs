@@ -180,21 +180,25 @@ impl Driver {
         let rows = new
             .ops
             .iter()
-            .map(|o| OpRow {
-                branch_id: o.branch_id.clone(),
-                op: o.op,
-                seq: o.seq,
-                target: o.target.clone(),
-                payload: o.payload.clone(),
-                status: OpStatus::Pending,
-                attempts: 0,
-                next_at: 0,
-                last_error: None,
-                retry_limit: o.retry_limit,
-                request_timeout_ms: o.request_timeout_ms,
-                updated_at: created_at,
+            .map(|o| {
+                let row = OpRow {
+                    branch_id: o.branch_id.clone(),
+                    op: o.op,
+                    seq: o.seq,
+                    target: o.target.clone(),
+                    payload: o.payload.clone(),
+                    status: OpStatus::Pending,
+                    attempts: 0,
+                    next_at: 0,
+                    last_error: None,
+                    retry_limit: o.retry_limit,
+                    request_timeout_ms: o.request_timeout_ms,
+                    updated_at: created_at,
+                };
+                (row, o.compensate.clone())
             })
             .collect();
+        let rows = crate::store::with_deferred_compensations(rows);
         let row = GlobalRow {
             gid: new.gid.clone(),
             trans_type: new.trans_type,

@@ -256,24 +256,25 @@ impl Coordinator {
     ) -> Result<(String, GlobalStatus), ServiceError> {
         let gid = self.gid_or_new(spec.gid)?;
         let n = self.check_step_count(spec.steps.len(), "saga")?;
-        let mut ops = Vec::with_capacity(2 * n);
+        let mut ops = Vec::with_capacity(n);
         for (i, step) in spec.steps.iter().enumerate() {
             let branch_id = format!("{:02}", i + 1);
             validate_url(&format!("steps[{i}].action"), &step.action)?;
-            let common = |op: Op, target: &str| NewOp {
-                branch_id: branch_id.clone(),
-                op,
+            let compensate = step.compensate.as_deref().filter(|c| !c.is_empty());
+            if let Some(c) = compensate {
+                validate_url(&format!("steps[{i}].compensate"), c)?;
+            }
+            // The compensation rides on the action's row until it is needed.
+            ops.push(NewOp {
+                branch_id,
+                op: Op::Action,
                 seq: i as i64,
-                target: target.to_owned(),
+                target: step.action.clone(),
                 payload: step.payload.clone(),
                 retry_limit: step.retry_limit.map(i64::from),
                 request_timeout_ms: step.request_timeout_ms.map(|t| t as i64),
-            };
-            ops.push(common(Op::Action, &step.action));
-            if let Some(c) = step.compensate.as_deref().filter(|c| !c.is_empty()) {
-                validate_url(&format!("steps[{i}].compensate"), c)?;
-                ops.push(common(Op::Compensate, c));
-            }
+                compensate: compensate.map(str::to_owned),
+            });
             if let Some(t) = step.request_timeout_ms {
                 validate_timeout(&format!("steps[{i}].request_timeout_ms"), t)?;
             }
@@ -375,6 +376,7 @@ impl Coordinator {
                 payload: Vec::new(),
                 retry_limit: None,
                 request_timeout_ms: None,
+                compensate: None,
             });
         }
         for (i, step) in spec.steps.iter().enumerate() {
@@ -407,6 +409,7 @@ impl Coordinator {
                 payload: step.payload.clone(),
                 retry_limit: step.retry_limit.map(i64::from),
                 request_timeout_ms: step.request_timeout_ms.map(|t| t as i64),
+                compensate: None,
             });
         }
         let options = self.stored_options(&spec.options, None, spec.custom_data)?;
@@ -582,6 +585,7 @@ impl Coordinator {
                 payload: b.payload.clone(),
                 retry_limit: None,
                 request_timeout_ms: None,
+                compensate: None,
             });
         }
         let count = existing.len();

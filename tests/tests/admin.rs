@@ -179,6 +179,61 @@ async fn force_abort_runs_the_compensations_and_needs_the_token(backend: Backend
     assert!(!ok && out.contains("409"), "{out}");
 }
 
+/// A compensation the operator already did by hand (a refund, say) is marked done while
+/// the saga still runs forward; the rollback forced afterwards does not call it again.
+async fn a_compensation_marked_done_by_hand_is_not_called_by_the_rollback(backend: Backend) {
+    let db = backend.fresh().await;
+    let coord = CoordinatorProc::start(&db.url, &[("DTX_ADMIN_TOKEN", "s3cret")]).await;
+    let p = Participant::start().await;
+    p.set("b/action", Behaviour::Status(503));
+    let client = coord.client();
+    let gid = client.submit_saga(&saga(&p, 1000)).await.unwrap().gid;
+    eventually(Duration::from_secs(10), "step b to be retrying", || {
+        let n = p.count("b/action", &gid);
+        async move { (n >= 2).then_some(()) }
+    })
+    .await;
+
+    let http = reqwest::Client::new();
+    let admin = |path: &str| format!("{}/api/admin/transactions/{gid}/{path}", coord.url);
+    let res = http
+        .post(admin("branches/01/compensate/done"))
+        .bearer_auth("s3cret")
+        .json(&json!({"reason": "refunded by hand"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    let shown = client.query(&gid).await.unwrap();
+    let comp = shown
+        .branches
+        .iter()
+        .find(|b| b.branch_id == "01" && b.op == dtx::Op::Compensate)
+        .expect("a's compensation listed");
+    assert_eq!(comp.status, dtx::OpStatus::Succeeded);
+
+    let res = http
+        .post(admin("abort"))
+        .bearer_auth("s3cret")
+        .json(&json!({"reason": "give up"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let done = wait_for(&client, &gid, "the forced rollback", |t| {
+        t.status.is_final()
+    })
+    .await;
+    assert_eq!(done.status, GlobalStatus::Failed);
+    assert_eq!(
+        p.count("b/compensate", &gid),
+        1,
+        "b may have run: compensated"
+    );
+    assert_eq!(p.count("a/compensate", &gid), 0, "done by hand: not called");
+    assert_eq!(p.count("a/action", &gid), 1);
+}
+
 macro_rules! on_every_store {
     ($($name:ident),+ $(,)?) => {
         mod sqlite {
@@ -198,5 +253,6 @@ macro_rules! on_every_store {
 
 on_every_store!(
     a_stuck_saga_is_found_retried_and_audited_from_the_cli,
-    force_abort_runs_the_compensations_and_needs_the_token
+    force_abort_runs_the_compensations_and_needs_the_token,
+    a_compensation_marked_done_by_hand_is_not_called_by_the_rollback
 );

@@ -143,6 +143,49 @@ pub struct NewOp {
     pub retry_limit: Option<i64>,
     /// Per-op request timeout.
     pub request_timeout_ms: Option<i64>,
+    /// On a saga action: the URL of its compensation. The compensation op is kept on the
+    /// action's row (same payload, retry limit and timeout) and gets a row of its own only
+    /// when it is first written — most sagas never compensate (see
+    /// [`deferred_compensation`]).
+    pub compensate: Option<String>,
+}
+
+/// The pending compensation op that a saga action's row stands for until the op is first
+/// written: the store inserts its row then, from the action's row (the first save that
+/// carries it, or an operator action on the transaction).
+pub fn deferred_compensation(action: &OpRow, target: String) -> OpRow {
+    OpRow {
+        branch_id: action.branch_id.clone(),
+        op: Op::Compensate,
+        seq: action.seq,
+        target,
+        payload: action.payload.clone(),
+        status: dtx::OpStatus::Pending,
+        attempts: 0,
+        next_at: 0,
+        last_error: None,
+        retry_limit: action.retry_limit,
+        request_timeout_ms: action.request_timeout_ms,
+        updated_at: action.updated_at,
+    }
+}
+
+/// Branch rows as stored (each with its action's deferred compensation target, if any)
+/// to the ops they stand for, in the same order (a compensation right after its action).
+pub fn with_deferred_compensations(rows: Vec<(OpRow, Option<String>)>) -> Vec<OpRow> {
+    let stored: std::collections::HashSet<(String, Op)> = rows
+        .iter()
+        .map(|(r, _)| (r.branch_id.clone(), r.op))
+        .collect();
+    let mut ops = Vec::with_capacity(rows.len() * 2);
+    for (row, compensate) in rows {
+        let deferred = compensate
+            .filter(|_| !stored.contains(&(row.branch_id.clone(), Op::Compensate)))
+            .map(|target| deferred_compensation(&row, target));
+        ops.push(row);
+        ops.extend(deferred);
+    }
+    ops
 }
 
 /// A transaction to insert.
@@ -614,13 +657,26 @@ where
         // `scheme://HOST` then the end, a port or a path: a host that is a prefix of
         // another (10.0.0.1 and 10.0.0.12) does not match it.
         let h = like_escape(h);
-        qb.push(" AND EXISTS (SELECT 1 FROM dtx_branch b WHERE b.gid = dtx_global.gid AND (b.target LIKE ")
-            .push_bind(format!("%://{h}"))
-            .push(" ESCAPE '!' OR b.target LIKE ")
-            .push_bind(format!("%://{h}:%"))
-            .push(" ESCAPE '!' OR b.target LIKE ")
-            .push_bind(format!("%://{h}/%"))
-            .push(" ESCAPE '!'))");
+        // A saga action's row also names its compensation's host.
+        qb.push(" AND EXISTS (SELECT 1 FROM dtx_branch b WHERE b.gid = dtx_global.gid AND (");
+        for (i, column) in ["b.target", "b.compensate"].into_iter().enumerate() {
+            if i > 0 {
+                qb.push(" OR ");
+            }
+            qb.push(column)
+                .push(" LIKE ")
+                .push_bind(format!("%://{h}"))
+                .push(" ESCAPE '!' OR ")
+                .push(column)
+                .push(" LIKE ")
+                .push_bind(format!("%://{h}:%"))
+                .push(" ESCAPE '!' OR ")
+                .push(column)
+                .push(" LIKE ")
+                .push_bind(format!("%://{h}/%"))
+                .push(" ESCAPE '!'");
+        }
+        qb.push("))");
     }
     if let Some((at, gid)) = &f.before {
         // `created_at <= at` first: a bound the `(created_at, gid)` index can start from
@@ -666,4 +722,73 @@ where
         gid: gid.to_owned(),
         detail: e.to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(branch_id: &str, op: Op, status: OpStatus) -> OpRow {
+        OpRow {
+            branch_id: branch_id.into(),
+            op,
+            seq: branch_id.parse::<i64>().unwrap() - 1,
+            target: format!("http://p/{branch_id}/{op}"),
+            payload: branch_id.as_bytes().to_vec(),
+            status,
+            attempts: 1,
+            next_at: 5,
+            last_error: None,
+            retry_limit: Some(3),
+            request_timeout_ms: Some(700),
+            updated_at: 42,
+        }
+    }
+
+    #[test]
+    fn a_deferred_compensation_follows_its_action_with_its_settings() {
+        let ops = with_deferred_compensations(vec![
+            (
+                row("01", Op::Action, OpStatus::Succeeded),
+                Some("http://p/01/undo".into()),
+            ),
+            (row("02", Op::Action, OpStatus::Pending), None),
+        ]);
+        let listed: Vec<(&str, Op)> = ops.iter().map(|o| (o.branch_id.as_str(), o.op)).collect();
+        assert_eq!(
+            listed,
+            [
+                ("01", Op::Action),
+                ("01", Op::Compensate),
+                ("02", Op::Action)
+            ]
+        );
+        let comp = &ops[1];
+        assert_eq!(comp.target, "http://p/01/undo");
+        assert_eq!(comp.payload, b"01");
+        assert_eq!(comp.seq, 0);
+        assert_eq!(
+            (comp.status, comp.attempts, comp.next_at),
+            (OpStatus::Pending, 0, 0)
+        );
+        assert_eq!(
+            (comp.retry_limit, comp.request_timeout_ms),
+            (Some(3), Some(700))
+        );
+    }
+
+    #[test]
+    fn a_compensation_with_a_row_of_its_own_is_not_listed_twice() {
+        let mut stored = row("01", Op::Compensate, OpStatus::Failed);
+        stored.attempts = 4;
+        let ops = with_deferred_compensations(vec![
+            (
+                row("01", Op::Action, OpStatus::Succeeded),
+                Some("http://p/01/undo".into()),
+            ),
+            (stored.clone(), None),
+        ]);
+        assert_eq!(ops.len(), 2);
+        assert_eq!(ops[1], stored);
+    }
 }

@@ -48,7 +48,7 @@ async fn insert_ops(
 ) -> Result<(), StoreError> {
     for chunk in ops.chunks(500) {
         let mut qb = QueryBuilder::<MySql>::new(
-            "INSERT IGNORE INTO dtx_branch (gid, branch_id, op, seq, target, payload, status, retry_limit, request_timeout_ms, created_at, updated_at) ",
+            "INSERT IGNORE INTO dtx_branch (gid, branch_id, op, seq, target, payload, status, retry_limit, request_timeout_ms, compensate, created_at, updated_at) ",
         );
         qb.push_values(chunk, |mut b, op| {
             b.push_bind(gid.to_owned())
@@ -60,6 +60,7 @@ async fn insert_ops(
                 .push_bind(dtx::OpStatus::Pending.as_str())
                 .push_bind(op.retry_limit)
                 .push_bind(op.request_timeout_ms)
+                .push_bind(op.compensate.clone())
                 .push(now!())
                 .push(now!());
         });
@@ -136,6 +137,20 @@ async fn save_in(
         return Ok(Saved::Conflict);
     }
     for op in &p.ops {
+        if op.op == dtx::Op::Compensate {
+            // First written: give the deferred compensation its own row.
+            sqlx::query(concat!(
+                "INSERT INTO dtx_branch (gid, branch_id, op, seq, target, payload, status, retry_limit, request_timeout_ms, created_at, updated_at) ",
+                "SELECT a.gid, a.branch_id, 'compensate', a.seq, a.compensate, a.payload, 'pending', a.retry_limit, a.request_timeout_ms, a.created_at, ", now!(),
+                " FROM dtx_branch a LEFT JOIN dtx_branch c ON c.gid = a.gid AND c.branch_id = a.branch_id AND c.op = 'compensate' ",
+                "WHERE a.gid = ? AND a.branch_id = ? AND a.op = 'action' AND a.compensate IS NOT NULL AND c.gid IS NULL"
+            ))
+            .bind(gid)
+            .bind(&op.branch_id)
+            .execute(&mut *conn)
+            .await
+            .ctx("write deferred compensation")?;
+        }
         sqlx::query(concat!(
             "UPDATE dtx_branch SET status = ?, attempts = ?, next_at = ?, last_error = ?, updated_at = ", now!(),
             " WHERE gid = ? AND branch_id = ? AND op = ?"
@@ -202,6 +217,11 @@ impl super::Store for MySqlStore {
                 "audit",
                 include_str!("../../../migrations/mysql/0002_audit.sql"),
             ),
+            (
+                4,
+                "deferred compensation",
+                include_str!("../../../migrations/mysql/0004_deferred_compensation.sql"),
+            ),
         ]));
         migrator.dangerous_set_table_name("dtx_schema_migrations");
         migrator.run(&self.pool).await?;
@@ -238,10 +258,7 @@ impl super::Store for MySqlStore {
                 .fetch_all(&self.pool)
                 .await
                 .ctx("load branch ops")?;
-        let ops = rows
-            .iter()
-            .map(|r| op_from_row(gid, r))
-            .collect::<Result<Vec<_>, _>>()?;
+        let ops = ops_from_rows(gid, &rows)?;
         Ok(Some((global, ops)))
     }
 

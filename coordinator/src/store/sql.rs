@@ -57,6 +57,24 @@ macro_rules! row_decoders {
                 updated_at: row.try_get("updated_at").ctx("decode dtx_branch")?,
             })
         }
+
+        /// A transaction's branch rows to its ops, deferred compensations included.
+        fn ops_from_rows(
+            gid: &str,
+            rows: &[<$db as sqlx::Database>::Row],
+        ) -> Result<Vec<$crate::store::OpRow>, $crate::store::StoreError> {
+            use sqlx::Row;
+            use $crate::store::Context;
+            let rows = rows
+                .iter()
+                .map(|r| {
+                    let compensate: Option<String> =
+                        r.try_get("compensate").ctx("decode dtx_branch")?;
+                    Ok((op_from_row(gid, r)?, compensate))
+                })
+                .collect::<Result<Vec<_>, $crate::store::StoreError>>()?;
+            Ok($crate::store::with_deferred_compensations(rows))
+        }
     };
 }
 
@@ -89,7 +107,7 @@ macro_rules! sql_store {
             // Bounded batches keep every statement under the backends' bind-parameter limits.
             for chunk in ops.chunks(500) {
                 let mut qb = sqlx::QueryBuilder::<$db>::new(
-                    "INSERT INTO dtx_branch (gid, branch_id, op, seq, target, payload, status, retry_limit, request_timeout_ms, created_at, updated_at) ",
+                    "INSERT INTO dtx_branch (gid, branch_id, op, seq, target, payload, status, retry_limit, request_timeout_ms, compensate, created_at, updated_at) ",
                 );
                 qb.push_values(chunk, |mut b, op| {
                     b.push_bind(gid.to_owned())
@@ -101,6 +119,7 @@ macro_rules! sql_store {
                         .push_bind(dtx::OpStatus::Pending.as_str())
                         .push_bind(op.retry_limit)
                         .push_bind(op.request_timeout_ms)
+                        .push_bind(op.compensate.clone())
                         .push($now)
                         .push($now);
                 });
@@ -180,6 +199,20 @@ macro_rules! sql_store {
                     return Ok($crate::store::Saved::Conflict);
                 }
                 for op in &p.ops {
+                    if op.op == dtx::Op::Compensate {
+                        // First written: give the deferred compensation its own row.
+                        sqlx::query(concat!(
+                            "INSERT INTO dtx_branch (gid, branch_id, op, seq, target, payload, status, retry_limit, request_timeout_ms, created_at, updated_at) ",
+                            "SELECT a.gid, a.branch_id, 'compensate', a.seq, a.compensate, a.payload, 'pending', a.retry_limit, a.request_timeout_ms, a.created_at, ", $now,
+                            " FROM dtx_branch a LEFT JOIN dtx_branch c ON c.gid = a.gid AND c.branch_id = a.branch_id AND c.op = 'compensate' ",
+                            "WHERE a.gid = $1 AND a.branch_id = $2 AND a.op = 'action' AND a.compensate IS NOT NULL AND c.gid IS NULL"
+                        ))
+                        .bind(gid)
+                        .bind(&op.branch_id)
+                        .execute(&mut *db)
+                        .await
+                        .ctx("write deferred compensation")?;
+                    }
                     sqlx::query(concat!(
                         "UPDATE dtx_branch SET status = $1, attempts = $2, next_at = $3, last_error = $4, updated_at = ", $now,
                         " WHERE gid = $5 AND branch_id = $6 AND op = $7"
@@ -253,7 +286,7 @@ macro_rules! sql_store {
                     .fetch_all(&self.read)
                     .await
                     .ctx("load branch ops")?;
-                let ops = rows.iter().map(|r| op_from_row(gid, r)).collect::<Result<Vec<_>, _>>()?;
+                let ops = ops_from_rows(gid, &rows)?;
                 Ok(Some((global, ops)))
             }
 
@@ -445,6 +478,16 @@ macro_rules! admin_queries {
             if !action.allowed(status, trans_type) {
                 return Ok(Operated::Refused(status, trans_type));
             }
+            // Every op an operator may act on has a row: deferred compensations get theirs.
+            let mut qb = Qb::new(
+                "INSERT INTO dtx_branch (gid, branch_id, op, seq, target, payload, status, retry_limit, request_timeout_ms, created_at, updated_at) \
+                 SELECT a.gid, a.branch_id, 'compensate', a.seq, a.compensate, a.payload, 'pending', a.retry_limit, a.request_timeout_ms, a.created_at, ",
+            );
+            qb.push($now)
+                .push(" FROM dtx_branch a LEFT JOIN dtx_branch c ON c.gid = a.gid AND c.branch_id = a.branch_id AND c.op = 'compensate' WHERE a.gid = ")
+                .push_bind(gid.to_owned())
+                .push(" AND a.op = 'action' AND a.compensate IS NOT NULL AND c.gid IS NULL");
+            qb.build().execute(&mut *db).await.ctx("write deferred compensations")?;
             if let Some((branch_id, op)) = action.target_op() {
                 let mut qb = Qb::new("SELECT status FROM dtx_branch WHERE gid = ");
                 qb.push_bind(gid.to_owned())

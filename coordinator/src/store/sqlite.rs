@@ -66,6 +66,7 @@ super::sql::sql_store! {
         (1, "coordinator", include_str!("../../../migrations/sqlite/0001_coordinator.sql")),
         (2, "audit", include_str!("../../../migrations/sqlite/0002_audit.sql")),
         (3, "dashboard", include_str!("../../../migrations/sqlite/0003_dashboard.sql")),
+        (4, "deferred compensation", include_str!("../../../migrations/sqlite/0004_deferred_compensation.sql")),
     ]),
     admin: read,
 }
