@@ -39,7 +39,14 @@ pub struct BranchCall<'a> {
 pub struct HttpInvoker {
     client: reqwest::Client,
     limits: TargetLimits,
+    /// Targets already parsed, with their participant's gate: a deployment calls a few
+    /// URLs over and over, and parsing one (host and IDNA rules included) cost ~2% of the
+    /// coordinator's CPU when done at every call.
+    targets: Arc<Mutex<HashMap<String, (reqwest::Url, Arc<Semaphore>)>>>,
 }
+
+/// Distinct targets kept parsed; past it the cache starts over.
+const PARSED_TARGETS: usize = 1024;
 
 /// How many calls may be in flight at once to one participant (`host:port`), so that the
 /// recovery after an outage, when every transaction retries together, does not stampede
@@ -96,23 +103,42 @@ impl HttpInvoker {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap_or_else(|_| reqwest::Client::new());
-        Self { client, limits }
+        Self {
+            client,
+            limits,
+            targets: Arc::default(),
+        }
     }
 
-    /// Calls one branch op and classifies the answer.
-    pub async fn call(&self, call: &BranchCall<'_>) -> Outcome {
-        let mut url = match reqwest::Url::parse(call.target) {
-            Ok(url) => url,
-            Err(e) => return Outcome::Transient(format!("bad target URL {}: {e}", call.target)),
-        };
+    /// The target parsed, with the gate of its participant (`host:port`).
+    fn target(&self, target: &str) -> Result<(reqwest::Url, Arc<Semaphore>), String> {
+        let mut targets = self.targets.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((url, gate)) = targets.get(target) {
+            return Ok((url.clone(), Arc::clone(gate)));
+        }
+        let url =
+            reqwest::Url::parse(target).map_err(|e| format!("bad target URL {target}: {e}"))?;
         let authority = format!(
             "{}:{}",
             url.host_str().unwrap_or(""),
             url.port_or_known_default().unwrap_or(0)
         );
         let gate = self.limits.gate(&authority);
+        if targets.len() >= PARSED_TARGETS {
+            targets.clear();
+        }
+        targets.insert(target.to_owned(), (url.clone(), Arc::clone(&gate)));
+        Ok((url, gate))
+    }
+
+    /// Calls one branch op and classifies the answer.
+    pub async fn call(&self, call: &BranchCall<'_>) -> Outcome {
+        let (mut url, gate) = match self.target(call.target) {
+            Ok(t) => t,
+            Err(e) => return Outcome::Transient(e),
+        };
         let Ok(_permit) = gate.acquire_owned().await else {
-            return Outcome::Transient(format!("{authority}: call limit closed"));
+            return Outcome::Transient(format!("{}: call limit closed", call.target));
         };
         url.query_pairs_mut()
             .append_pair("gid", call.gid)
