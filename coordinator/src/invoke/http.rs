@@ -42,8 +42,11 @@ pub struct HttpInvoker {
     /// Targets already parsed, with their participant's gate: a deployment calls a few
     /// URLs over and over, and parsing one (host and IDNA rules included) cost ~2% of the
     /// coordinator's CPU when done at every call.
-    targets: Arc<Mutex<HashMap<String, (reqwest::Url, Arc<Semaphore>)>>>,
+    targets: Arc<Mutex<HashMap<String, Target>>>,
 }
+
+/// A parsed target URL and the call gate of its participant.
+type Target = (reqwest::Url, Arc<Semaphore>);
 
 /// Distinct targets kept parsed; past it the cache starts over.
 const PARSED_TARGETS: usize = 1024;
@@ -111,7 +114,7 @@ impl HttpInvoker {
     }
 
     /// The target parsed, with the gate of its participant (`host:port`).
-    fn target(&self, target: &str) -> Result<(reqwest::Url, Arc<Semaphore>), String> {
+    fn target(&self, target: &str) -> Result<Target, String> {
         let mut targets = self.targets.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((url, gate)) = targets.get(target) {
             return Ok((url.clone(), Arc::clone(gate)));

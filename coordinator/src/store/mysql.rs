@@ -137,34 +137,43 @@ async fn save_in(
         return Ok(Saved::Conflict);
     }
     for op in &p.ops {
+        // A compensation first written gets its row, from its action's, with its
+        // new state; any other op (or a compensation with a row already) is updated.
+        let mut written = 0;
         if op.op == dtx::Op::Compensate {
-            // First written: give the deferred compensation its own row.
-            sqlx::query(concat!(
-                "INSERT INTO dtx_branch (gid, branch_id, op, seq, target, payload, status, retry_limit, request_timeout_ms, created_at, updated_at) ",
-                "SELECT a.gid, a.branch_id, 'compensate', a.seq, a.compensate, a.payload, 'pending', a.retry_limit, a.request_timeout_ms, a.created_at, ", now!(),
+            written = sqlx::query(concat!(
+                "INSERT INTO dtx_branch (gid, branch_id, op, seq, target, payload, status, attempts, next_at, last_error, retry_limit, request_timeout_ms, created_at, updated_at) ",
+                "SELECT a.gid, a.branch_id, 'compensate', a.seq, a.compensate, a.payload, ?, ?, ?, ?, a.retry_limit, a.request_timeout_ms, a.created_at, ", now!(),
                 " FROM dtx_branch a LEFT JOIN dtx_branch c ON c.gid = a.gid AND c.branch_id = a.branch_id AND c.op = 'compensate' ",
                 "WHERE a.gid = ? AND a.branch_id = ? AND a.op = 'action' AND a.compensate IS NOT NULL AND c.gid IS NULL"
             ))
+            .bind(op.status.as_str())
+            .bind(op.attempts)
+            .bind(op.next_at)
+            .bind(op.last_error.as_deref())
             .bind(gid)
             .bind(&op.branch_id)
             .execute(&mut *conn)
             .await
-            .ctx("write deferred compensation")?;
+            .ctx("write deferred compensation")?
+            .rows_affected();
         }
-        sqlx::query(concat!(
-            "UPDATE dtx_branch SET status = ?, attempts = ?, next_at = ?, last_error = ?, updated_at = ", now!(),
-            " WHERE gid = ? AND branch_id = ? AND op = ?"
-        ))
-        .bind(op.status.as_str())
-        .bind(op.attempts)
-        .bind(op.next_at)
-        .bind(op.last_error.as_deref())
-        .bind(gid)
-        .bind(&op.branch_id)
-        .bind(op.op.as_str())
-        .execute(&mut *conn)
-        .await
-        .ctx("save branch op")?;
+        if written == 0 {
+            sqlx::query(concat!(
+                "UPDATE dtx_branch SET status = ?, attempts = ?, next_at = ?, last_error = ?, updated_at = ", now!(),
+                " WHERE gid = ? AND branch_id = ? AND op = ?"
+            ))
+            .bind(op.status.as_str())
+            .bind(op.attempts)
+            .bind(op.next_at)
+            .bind(op.last_error.as_deref())
+            .bind(gid)
+            .bind(&op.branch_id)
+            .bind(op.op.as_str())
+            .execute(&mut *conn)
+            .await
+            .ctx("save branch op")?;
+        }
     }
     record_attempts(conn, gid, owner, &p.attempts).await?;
     Ok(Saved::Ok(version + 1))

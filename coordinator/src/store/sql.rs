@@ -199,34 +199,43 @@ macro_rules! sql_store {
                     return Ok($crate::store::Saved::Conflict);
                 }
                 for op in &p.ops {
+                    // A compensation first written gets its row, from its action's, with its
+                    // new state; any other op (or a compensation with a row already) is updated.
+                    let mut written = 0;
                     if op.op == dtx::Op::Compensate {
-                        // First written: give the deferred compensation its own row.
-                        sqlx::query(concat!(
-                            "INSERT INTO dtx_branch (gid, branch_id, op, seq, target, payload, status, retry_limit, request_timeout_ms, created_at, updated_at) ",
-                            "SELECT a.gid, a.branch_id, 'compensate', a.seq, a.compensate, a.payload, 'pending', a.retry_limit, a.request_timeout_ms, a.created_at, ", $now,
+                        written = sqlx::query(concat!(
+                            "INSERT INTO dtx_branch (gid, branch_id, op, seq, target, payload, status, attempts, next_at, last_error, retry_limit, request_timeout_ms, created_at, updated_at) ",
+                            "SELECT a.gid, a.branch_id, 'compensate', a.seq, a.compensate, a.payload, $1, $2, $3, $4, a.retry_limit, a.request_timeout_ms, a.created_at, ", $now,
                             " FROM dtx_branch a LEFT JOIN dtx_branch c ON c.gid = a.gid AND c.branch_id = a.branch_id AND c.op = 'compensate' ",
-                            "WHERE a.gid = $1 AND a.branch_id = $2 AND a.op = 'action' AND a.compensate IS NOT NULL AND c.gid IS NULL"
+                            "WHERE a.gid = $5 AND a.branch_id = $6 AND a.op = 'action' AND a.compensate IS NOT NULL AND c.gid IS NULL"
                         ))
+                        .bind(op.status.as_str())
+                        .bind(op.attempts)
+                        .bind(op.next_at)
+                        .bind(op.last_error.as_deref())
                         .bind(gid)
                         .bind(&op.branch_id)
                         .execute(&mut *db)
                         .await
-                        .ctx("write deferred compensation")?;
+                        .ctx("write deferred compensation")?
+                        .rows_affected();
                     }
-                    sqlx::query(concat!(
-                        "UPDATE dtx_branch SET status = $1, attempts = $2, next_at = $3, last_error = $4, updated_at = ", $now,
-                        " WHERE gid = $5 AND branch_id = $6 AND op = $7"
-                    ))
-                    .bind(op.status.as_str())
-                    .bind(op.attempts)
-                    .bind(op.next_at)
-                    .bind(op.last_error.as_deref())
-                    .bind(gid)
-                    .bind(&op.branch_id)
-                    .bind(op.op.as_str())
-                    .execute(&mut *db)
-                    .await
-                    .ctx("save branch op")?;
+                    if written == 0 {
+                        sqlx::query(concat!(
+                            "UPDATE dtx_branch SET status = $1, attempts = $2, next_at = $3, last_error = $4, updated_at = ", $now,
+                            " WHERE gid = $5 AND branch_id = $6 AND op = $7"
+                        ))
+                        .bind(op.status.as_str())
+                        .bind(op.attempts)
+                        .bind(op.next_at)
+                        .bind(op.last_error.as_deref())
+                        .bind(gid)
+                        .bind(&op.branch_id)
+                        .bind(op.op.as_str())
+                        .execute(&mut *db)
+                        .await
+                        .ctx("save branch op")?;
+                    }
                 }
                 if !p.attempts.is_empty() {
                     let mut qb = sqlx::QueryBuilder::<$db>::new(
