@@ -203,7 +203,9 @@ impl PgStore {
     ) -> Result<(Vec<super::Inserted>, Vec<super::Saved>), StoreError> {
         // Two inserts of one gid in one statement would both look created: write only the
         // first in the batch and the repeats afterwards, one by one (they find it there).
-        // A lone write (the common case at low load) takes the one-row statements.
+        // A lone write (the common case at low load) takes the one-row statements: the
+        // batch statement with empty arrays costs the database ~35% more CPU per write
+        // (measured at 1 client: 1.18-1.39 against 0.84-0.96 ms per W1 transaction).
         match (inserts, saves) {
             ([tx], []) => return Ok((vec![self.insert_tx(tx).await?], Vec::new())),
             ([], [s]) => {
