@@ -825,13 +825,12 @@ fn validate_url(field: &str, url: &str) -> Result<(), ServiceError> {
     /// URLs found valid already: every submit names its steps' URLs, usually the same few
     /// (parsing each cost ~2% of the coordinator's CPU under load). Bounded: past 1024
     /// distinct URLs it starts over.
-    static VALID: std::sync::Mutex<Option<std::collections::HashSet<String>>> =
-        std::sync::Mutex::new(None);
+    static VALID: std::sync::LazyLock<std::sync::Mutex<std::collections::HashSet<String>>> =
+        std::sync::LazyLock::new(Default::default);
     if url.len() > 2048 {
         return Err(invalid(field, "URL longer than 2048 bytes"));
     }
     let mut valid = VALID.lock().unwrap_or_else(|e| e.into_inner());
-    let valid = valid.get_or_insert_with(Default::default);
     if valid.contains(url) {
         return Ok(());
     }

@@ -106,18 +106,47 @@ async fn a_stuck_saga_is_found_retried_and_audited_from_the_cli(backend: Backend
     );
 }
 
+/// A saga whose step a succeeded and whose step b is being retried (503), on a coordinator
+/// with an admin token.
+struct Retrying {
+    _db: dtx_tests::Database,
+    coord: CoordinatorProc,
+    p: Participant,
+    client: dtx::Client,
+    gid: String,
+}
+
+impl Retrying {
+    async fn start(backend: Backend) -> Self {
+        let db = backend.fresh().await;
+        let coord = CoordinatorProc::start(&db.url, &[("DTX_ADMIN_TOKEN", "s3cret")]).await;
+        let p = Participant::start().await;
+        p.set("b/action", Behaviour::Status(503));
+        let client = coord.client();
+        let gid = client.submit_saga(&saga(&p, 1000)).await.unwrap().gid;
+        eventually(Duration::from_secs(10), "step b to be retrying", || {
+            let n = p.count("b/action", &gid);
+            async move { (n >= 2).then_some(()) }
+        })
+        .await;
+        Self {
+            _db: db,
+            coord,
+            p,
+            client,
+            gid,
+        }
+    }
+}
+
 async fn force_abort_runs_the_compensations_and_needs_the_token(backend: Backend) {
-    let db = backend.fresh().await;
-    let coord = CoordinatorProc::start(&db.url, &[("DTX_ADMIN_TOKEN", "s3cret")]).await;
-    let p = Participant::start().await;
-    p.set("b/action", Behaviour::Status(503));
-    let client = coord.client();
-    let gid = client.submit_saga(&saga(&p, 1000)).await.unwrap().gid;
-    eventually(Duration::from_secs(10), "step b to be retrying", || {
-        let n = p.count("b/action", &gid);
-        async move { (n >= 2).then_some(()) }
-    })
-    .await;
+    let Retrying {
+        _db,
+        coord,
+        p,
+        client,
+        gid,
+    } = Retrying::start(backend).await;
 
     let http = reqwest::Client::new();
     let url = format!("{}/api/admin/transactions/{gid}/abort", coord.url);
@@ -182,17 +211,13 @@ async fn force_abort_runs_the_compensations_and_needs_the_token(backend: Backend
 /// A compensation the operator already did by hand (a refund, say) is marked done while
 /// the saga still runs forward; the rollback forced afterwards does not call it again.
 async fn a_compensation_marked_done_by_hand_is_not_called_by_the_rollback(backend: Backend) {
-    let db = backend.fresh().await;
-    let coord = CoordinatorProc::start(&db.url, &[("DTX_ADMIN_TOKEN", "s3cret")]).await;
-    let p = Participant::start().await;
-    p.set("b/action", Behaviour::Status(503));
-    let client = coord.client();
-    let gid = client.submit_saga(&saga(&p, 1000)).await.unwrap().gid;
-    eventually(Duration::from_secs(10), "step b to be retrying", || {
-        let n = p.count("b/action", &gid);
-        async move { (n >= 2).then_some(()) }
-    })
-    .await;
+    let Retrying {
+        _db,
+        coord,
+        p,
+        client,
+        gid,
+    } = Retrying::start(backend).await;
 
     let http = reqwest::Client::new();
     let admin = |path: &str| format!("{}/api/admin/transactions/{gid}/{path}", coord.url);

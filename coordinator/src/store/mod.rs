@@ -146,14 +146,14 @@ pub struct NewOp {
     /// On a saga action: the URL of its compensation. The compensation op is kept on the
     /// action's row (same payload, retry limit and timeout) and gets a row of its own only
     /// when it is first written — most sagas never compensate (see
-    /// [`deferred_compensation`]).
+    /// [`with_deferred_compensations`]).
     pub compensate: Option<String>,
 }
 
 /// The pending compensation op that a saga action's row stands for until the op is first
 /// written: the store inserts its row then, from the action's row (the first save that
 /// carries it, or an operator action on the transaction).
-pub fn deferred_compensation(action: &OpRow, target: String) -> OpRow {
+fn deferred_compensation(action: &OpRow, target: String) -> OpRow {
     OpRow {
         branch_id: action.branch_id.clone(),
         op: Op::Compensate,
