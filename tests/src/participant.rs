@@ -164,7 +164,7 @@ async fn handle(
     method: Method,
     headers: HeaderMap,
     body: Bytes,
-) -> (StatusCode, &'static str) {
+) -> (StatusCode, HeaderMap, &'static str) {
     let started = Instant::now();
     let get = |k: &str| q.get(k).cloned().unwrap_or_default();
     // Recorded on arrival: a call whose caller times out still counts.
@@ -231,5 +231,13 @@ async fn handle(
     } else {
         "{\"dtm_result\":\"FAILURE\"}"
     };
-    (code, text)
+    // A redirect names somewhere to go (recorded like any path, should anyone follow it).
+    let mut out = HeaderMap::new();
+    if code.is_redirection() {
+        out.insert(
+            axum::http::header::LOCATION,
+            axum::http::HeaderValue::from_static("/redirected/action"),
+        );
+    }
+    (code, out, text)
 }

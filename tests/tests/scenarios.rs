@@ -574,6 +574,64 @@ async fn spent_retry_budget_needs_attention(backend: Backend) {
     assert_eq!(listed["transactions"][0]["gid"], gid.as_str());
 }
 
+/// The participant HTTP contract at its edges (DESIGN §4): a target URL's own query is kept
+/// and the coordinator's parameters are added to it; a redirect is an answer (transient),
+/// never followed, and its status and body go into the error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn participant_calls_keep_the_target_query_and_do_not_follow_redirects() {
+    let w = world(Backend::Sqlite, &[]).await;
+    w.p.set("moved/action", Behaviour::Status(307));
+    let mut with_query = step(&w, "order");
+    with_query.action = format!("{}?tenant=7#ignored", w.p.url("order/action"));
+    let mut moved = step(&w, "moved");
+    moved.retry_limit = Some(2);
+    let saga = SubmitSaga {
+        steps: vec![with_query, moved],
+        options: quick(),
+        ..Default::default()
+    };
+    let client = w.coord.client();
+    let gid = client.submit_saga(&saga).await.unwrap().gid;
+    let tx = eventually(Duration::from_secs(20), "needs_attention", || {
+        let client = client.clone();
+        let gid = gid.clone();
+        async move {
+            client
+                .query(&gid)
+                .await
+                .ok()
+                .filter(|t| t.needs_attention.is_some())
+        }
+    })
+    .await;
+    let call = &w.p.calls_to("order/action", &gid)[0];
+    assert_eq!(
+        (
+            call.gid.as_str(),
+            call.branch_id.as_str(),
+            call.op.as_str(),
+            call.trans_type.as_str()
+        ),
+        (gid.as_str(), "01", "action", "saga"),
+        "the coordinator's parameters follow the target's own query"
+    );
+    assert_eq!(
+        w.p.count("moved/action", &gid),
+        2,
+        "a redirect is retried as a transient answer, within the op's budget"
+    );
+    assert_eq!(
+        w.p.calls().len(),
+        3,
+        "nothing else was called: the redirect (to /redirected/action) was not followed"
+    );
+    let reason = tx.needs_attention.unwrap();
+    assert!(
+        reason.contains("HTTP 307") && reason.contains("FAILURE"),
+        "the status and the start of the body are kept: {reason}"
+    );
+}
+
 /// Many sagas at once, so that their writes share commits (inserts and saves of different
 /// transactions in one batch, and the same gid submitted twice at once): every one ends as
 /// it should, each participant call happens once, and the stored rows say so.

@@ -5,6 +5,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::Semaphore;
 
 use dtx::{Op, TransType};
@@ -34,10 +39,15 @@ pub struct BranchCall<'a> {
     pub timeout: Duration,
 }
 
-/// Calls participants over HTTP.
+/// Calls participants over HTTP/1.1 with one keep-alive pool per participant.
+///
+/// Built on hyper's pooled client directly: a higher-level client parsed every request's
+/// URL twice more (host and IDNA rules included) and wrapped each call in layers this
+/// coordinator does not use (redirects, proxies, cookies); measured with `perf` under
+/// the benchmark, that was several percent of the coordinator's CPU.
 #[derive(Debug, Clone)]
 pub struct HttpInvoker {
-    client: reqwest::Client,
+    client: Client<HttpConnector, Full<Bytes>>,
     limits: TargetLimits,
     /// Targets already parsed, with their participant's gate: a deployment calls a few
     /// URLs over and over, and parsing one (host and IDNA rules included) cost ~2% of the
@@ -45,11 +55,15 @@ pub struct HttpInvoker {
     targets: Arc<Mutex<HashMap<String, Target>>>,
 }
 
-/// A parsed target URL and the call gate of its participant.
-type Target = (reqwest::Url, Arc<Semaphore>);
+/// A parsed target: the URL to which the call's query is appended (ending in `?` or `&`),
+/// and the call gate of its participant.
+type Target = (Arc<str>, Arc<Semaphore>);
 
 /// Distinct targets kept parsed; past it the cache starts over.
 const PARSED_TARGETS: usize = 1024;
+
+/// The most of a non-2xx answer's body that is read (its start goes into the op's error).
+const ERROR_BODY_LIMIT: usize = 64 * 1024;
 
 /// How many calls may be in flight at once to one participant (`host:port`), so that the
 /// recovery after an outage, when every transaction retries together, does not stampede
@@ -96,16 +110,16 @@ impl Default for HttpInvoker {
 impl HttpInvoker {
     /// An invoker with a keep-alive pool per participant host and these limits.
     pub fn new(limits: TargetLimits) -> Self {
-        let client = reqwest::Client::builder()
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(10)));
+        // A participant answers; it does not send the coordinator elsewhere: a 3xx is an
+        // answer like any other non-2xx (transient), never followed.
+        let client = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(256)
             .pool_idle_timeout(Duration::from_secs(60))
-            .tcp_nodelay(true)
-            // A participant answers; it does not send the coordinator elsewhere (a 3xx is
-            // an answer like any other non-2xx: transient). Following redirects also cost
-            // a second parse of every URL.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap_or_else(|_| reqwest::Client::new());
+            .pool_timer(TokioTimer::new())
+            .build(connector);
         Self {
             client,
             limits,
@@ -116,75 +130,108 @@ impl HttpInvoker {
     /// The target parsed, with the gate of its participant (`host:port`).
     fn target(&self, target: &str) -> Result<Target, String> {
         let mut targets = self.targets.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((url, gate)) = targets.get(target) {
-            return Ok((url.clone(), Arc::clone(gate)));
+        if let Some((base, gate)) = targets.get(target) {
+            return Ok((Arc::clone(base), Arc::clone(gate)));
         }
-        let url =
+        let mut url =
             reqwest::Url::parse(target).map_err(|e| format!("bad target URL {target}: {e}"))?;
+        if url.scheme() != "http" {
+            return Err(format!(
+                "{target}: only http:// participants are supported (no TLS in this build)"
+            ));
+        }
+        // Never sent over HTTP; it would otherwise end up before the query.
+        url.set_fragment(None);
         let authority = format!(
             "{}:{}",
             url.host_str().unwrap_or(""),
             url.port_or_known_default().unwrap_or(0)
         );
         let gate = self.limits.gate(&authority);
+        let mut base = String::from(url.as_str());
+        base.push(if url.query().is_some() { '&' } else { '?' });
+        let base: Arc<str> = base.into();
         if targets.len() >= PARSED_TARGETS {
             targets.clear();
         }
-        targets.insert(target.to_owned(), (url.clone(), Arc::clone(&gate)));
-        Ok((url, gate))
+        targets.insert(target.to_owned(), (Arc::clone(&base), Arc::clone(&gate)));
+        Ok((base, gate))
     }
 
     /// Calls one branch op and classifies the answer.
     pub async fn call(&self, call: &BranchCall<'_>) -> Outcome {
-        let (mut url, gate) = match self.target(call.target) {
+        let (base, gate) = match self.target(call.target) {
             Ok(t) => t,
             Err(e) => return Outcome::Transient(e),
         };
         let Ok(_permit) = gate.acquire_owned().await else {
             return Outcome::Transient(format!("{}: call limit closed", call.target));
         };
-        url.query_pairs_mut()
-            .append_pair("gid", call.gid)
-            .append_pair("trans_type", call.trans_type.as_str())
-            .append_pair("branch_id", call.branch_id)
-            .append_pair("op", call.op.as_str());
-        let mut req = if call.payload.is_empty() {
-            self.client.get(url)
-        } else {
-            self.client
-                .post(url)
-                .header("content-type", "application/json")
-                .body(call.payload.to_vec())
-        };
-        req = req
-            .timeout(call.timeout)
+        match tokio::time::timeout(call.timeout, self.exchange(&base, call)).await {
+            Ok(Ok((status, body))) => classify(status, &body),
+            Ok(Err(e)) => Outcome::Transient(format!("{}: {e}", call.target)),
+            Err(_) => Outcome::Transient(format!(
+                "{} timed out after {} ms",
+                call.target,
+                call.timeout.as_millis()
+            )),
+        }
+    }
+
+    /// Sends the request and reads the answer's status (and its body, when not 2xx).
+    async fn exchange(&self, base: &str, call: &BranchCall<'_>) -> Result<(u16, String), String> {
+        let query = serde_urlencoded::to_string([
+            ("gid", call.gid),
+            ("trans_type", call.trans_type.as_str()),
+            ("branch_id", call.branch_id),
+            ("op", call.op.as_str()),
+        ])
+        .map_err(|e| e.to_string())?;
+        let mut uri = String::with_capacity(base.len() + query.len());
+        uri.push_str(base);
+        uri.push_str(&query);
+        let mut req = hyper::Request::builder()
+            .uri(uri)
             .header("dtx-gid", call.gid)
             .header("dtx-trans-type", call.trans_type.as_str())
             .header("dtx-branch-id", call.branch_id)
             .header("dtx-op", call.op.as_str());
+        req = if call.payload.is_empty() {
+            req.method(hyper::Method::GET)
+        } else {
+            req.method(hyper::Method::POST)
+                .header("content-type", "application/json")
+        };
         for (k, v) in call.headers {
             req = req.header(k.as_str(), v.as_str());
         }
         if let Some(tp) = call.traceparent {
             req = req.header("traceparent", tp);
         }
-        match req.send().await {
-            Ok(res) => {
-                let status = res.status().as_u16();
-                let body = if (200..300).contains(&status) {
-                    String::new()
-                } else {
-                    res.text().await.unwrap_or_default()
-                };
-                classify(status, &body)
-            }
-            Err(e) if e.is_timeout() => Outcome::Transient(format!(
-                "{} timed out after {} ms",
-                call.target,
-                call.timeout.as_millis()
-            )),
-            Err(e) => Outcome::Transient(format!("{}: {}", call.target, error_chain(&e))),
+        let req = req
+            .body(Full::new(Bytes::copy_from_slice(call.payload)))
+            .map_err(|e| format!("cannot build the request: {e}"))?;
+        let res = self
+            .client
+            .request(req)
+            .await
+            .map_err(|e| error_chain(&e))?;
+        let status = res.status().as_u16();
+        if (200..300).contains(&status) {
+            // Read to the end, so that the connection goes back to the pool.
+            let _ = Limited::new(res.into_body(), ERROR_BODY_LIMIT)
+                .collect()
+                .await;
+            return Ok((status, String::new()));
         }
+        let body = match Limited::new(res.into_body(), ERROR_BODY_LIMIT)
+            .collect()
+            .await
+        {
+            Ok(b) => String::from_utf8_lossy(&b.to_bytes()).into_owned(),
+            Err(e) => format!("(body unreadable: {e})"),
+        };
+        Ok((status, body))
     }
 }
 
