@@ -53,6 +53,14 @@ struct Args {
     /// Seconds of pgbench per concurrency level for the PostgreSQL bound (0: skip).
     #[arg(long, default_value_t = 10)]
     pgbench_seconds: u32,
+    /// Extra environment for the coordinators started here (`KEY=VALUE`, repeatable), to
+    /// compare settings such as DTX_GROUP_COMMIT_WRITERS in one sitting.
+    #[arg(long = "coordinator-env", value_name = "KEY=VALUE")]
+    coordinator_env: Vec<String>,
+    /// Threads of the load generator (initiators and participants); 1 runs it on a
+    /// single-threaded runtime.
+    #[arg(long, default_value_t = 1)]
+    load_threads: usize,
 }
 
 /// CPU time (user + system) a process has used, in ms (Linux `/proc`).
@@ -379,9 +387,22 @@ async fn run(
     })
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let runtime = if args.load_threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.load_threads)
+            .enable_all()
+            .build()?
+    };
+    runtime.block_on(bench(args))
+}
+
+async fn bench(args: Args) -> anyhow::Result<()> {
     let counts: Counts = Arc::default();
     let busi = participant(Arc::clone(&counts)).await?;
     let run_id = format!(
@@ -404,8 +425,14 @@ async fn main() -> anyhow::Result<()> {
             };
             let db = backend.fresh().await;
             let calls = args.calls_per_target.to_string();
-            let coord =
-                CoordinatorProc::start(&db.url, &[("DTX_CALLS_PER_TARGET", calls.as_str())]).await;
+            let mut env = vec![("DTX_CALLS_PER_TARGET", calls.as_str())];
+            for kv in &args.coordinator_env {
+                let Some(pair) = kv.split_once('=') else {
+                    bail!("--coordinator-env takes KEY=VALUE, not `{kv}`");
+                };
+                env.push(pair);
+            }
+            let coord = CoordinatorProc::start(&db.url, &env).await;
             let url = coord.url.clone();
             targets.push((store.clone(), Some((coord, db)), url));
         }
