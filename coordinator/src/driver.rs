@@ -129,8 +129,13 @@ struct Working {
 }
 
 impl Driver {
-    /// A driver over `store`.
-    pub fn new(store: Arc<dyn Store>, clock: Arc<DbClock>, config: DriverConfig) -> Self {
+    /// A driver over `store`, reporting to `metrics`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<DbClock>,
+        config: DriverConfig,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Self {
         let permits = Arc::new(Semaphore::new(config.max_inflight.max(1)));
         Self {
             store,
@@ -141,7 +146,7 @@ impl Driver {
             driving: Mutex::default(),
             draining: false.into(),
             waiters: Waiters::default(),
-            metrics: Arc::new(crate::metrics::Metrics::new()),
+            metrics,
         }
     }
 

@@ -63,6 +63,27 @@ pub struct Metrics {
     in_flight: Gauge,
     needs_attention: Gauge,
     oldest_age: Gauge<f64, AtomicU64>,
+    group_commit: GroupCommitMetrics,
+}
+
+/// What the group-commit writers report: how many batches, how many writes in them, and
+/// how long each took (statement and commit). Writes per batch is their ratio; the rate of
+/// the duration's sum, per writer, is how busy the writers are (near 1: the database's
+/// commit path is the bottleneck, and more load only makes batches larger).
+#[derive(Debug, Clone)]
+pub struct GroupCommitMetrics {
+    batches: Counter,
+    writes: Counter,
+    seconds: Histogram,
+}
+
+impl GroupCommitMetrics {
+    /// One batch of `writes` writes took `seconds`.
+    pub fn batch(&self, writes: usize, seconds: f64) {
+        self.batches.inc();
+        self.writes.inc_by(writes as u64);
+        self.seconds.observe(seconds);
+    }
 }
 
 fn tx_histogram() -> Histogram {
@@ -100,6 +121,11 @@ impl Metrics {
             in_flight: Gauge::default(),
             needs_attention: Gauge::default(),
             oldest_age: Gauge::default(),
+            group_commit: GroupCommitMetrics {
+                batches: Counter::default(),
+                writes: Counter::default(),
+                seconds: call_histogram(),
+            },
             registry: Registry::with_prefix("dtx"),
         };
         m.registry.register(
@@ -177,7 +203,27 @@ impl Metrics {
             "Age of the oldest transaction not final (0 when none)",
             m.oldest_age.clone(),
         );
+        m.registry.register(
+            "group_commit_batches",
+            "Batches written by the group-commit writers (each one statement or transaction, one commit)",
+            m.group_commit.batches.clone(),
+        );
+        m.registry.register(
+            "group_commit_writes",
+            "Inserts and saves carried by those batches",
+            m.group_commit.writes.clone(),
+        );
+        m.registry.register(
+            "group_commit_batch_duration_seconds",
+            "One batch, from its statement sent to its commit acknowledged",
+            m.group_commit.seconds.clone(),
+        );
         m
+    }
+
+    /// The handles the group-commit writers report to.
+    pub fn group_commit(&self) -> GroupCommitMetrics {
+        self.group_commit.clone()
     }
 
     /// A transaction was accepted.

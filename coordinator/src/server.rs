@@ -50,6 +50,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     let store = open_store(&config).await?;
+    let metrics = Arc::new(crate::metrics::Metrics::new());
     let store: Arc<dyn Store> = if config.group_commit {
         // SQLite has one writer. On PostgreSQL one writer measured best on 2 cores (3046
         // W1 tx/s against 2692 with 2 writers and 2364 with 4): while its commit is in
@@ -60,7 +61,12 @@ pub async fn serve(
         } else {
             config.group_commit_writers
         };
-        Arc::new(store::group::GroupCommit::new(store, writers, 256))
+        Arc::new(store::group::GroupCommit::new(
+            store,
+            writers,
+            256,
+            metrics.group_commit(),
+        ))
     } else {
         store
     };
@@ -87,6 +93,7 @@ pub async fn serve(
             kafka: kafka.clone(),
             record_all_calls: config.record_all_calls,
         },
+        metrics,
     ));
     let coordinator = Arc::new(Coordinator::new(
         Arc::clone(&store),

@@ -407,6 +407,17 @@ async fn operators_filter_and_act_on_ops_and_budgets(backend: Backend) {
     assert_eq!(metric(&text, "dtx_transactions_needs_attention", &[]), 0.0);
     assert_eq!(metric(&text, "dtx_transactions_in_flight", &[]), 0.0);
     assert!(metric(&text, "dtx_transaction_duration_seconds_count", &[]) >= 4.0);
+    // Each saga was inserted and saved at least once, through the group-commit writers.
+    let batches = metric(&text, "dtx_group_commit_batches_total", &[]);
+    let writes = metric(&text, "dtx_group_commit_writes_total", &[]);
+    assert!(
+        writes >= 8.0 && batches >= 1.0 && batches <= writes,
+        "{batches} batches of {writes} writes"
+    );
+    assert_eq!(
+        metric(&text, "dtx_group_commit_batch_duration_seconds_count", &[]),
+        batches
+    );
 
     // The OpenAPI file describes every admin route.
     let (status, spec) = admin.get("/api/admin/openapi.json", None).await;

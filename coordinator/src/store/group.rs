@@ -14,6 +14,8 @@ use dtx::GlobalStatus;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tracing::warn;
 
+use crate::metrics::GroupCommitMetrics;
+
 use super::{
     Added, GlobalRow, Inserted, Lease, ListFilter, NewOp, NewTransaction, OpRow, Progress,
     SaveRequest, Saved, Store, StoreError,
@@ -36,7 +38,13 @@ pub struct GroupCommit {
 
 impl GroupCommit {
     /// Wraps `inner` with `writers` writer tasks taking up to `max_batch` writes each.
-    pub fn new(inner: Arc<dyn Store>, writers: usize, max_batch: usize) -> Self {
+    /// Each batch is reported to `metrics`.
+    pub fn new(
+        inner: Arc<dyn Store>,
+        writers: usize,
+        max_batch: usize,
+        metrics: GroupCommitMetrics,
+    ) -> Self {
         let (queue, rx) = mpsc::unbounded_channel();
         let rx = Arc::new(Mutex::new(rx));
         for _ in 0..writers.max(1) {
@@ -44,6 +52,7 @@ impl GroupCommit {
                 Arc::clone(&inner),
                 Arc::clone(&rx),
                 max_batch.max(1),
+                metrics.clone(),
             ));
         }
         Self { inner, queue }
@@ -58,6 +67,7 @@ async fn writer(
     store: Arc<dyn Store>,
     rx: Arc<Mutex<mpsc::UnboundedReceiver<Job>>>,
     max_batch: usize,
+    metrics: GroupCommitMetrics,
 ) {
     loop {
         // Take one job (waiting), then whatever else is already queued.
@@ -75,6 +85,7 @@ async fn writer(
                 }
             }
         }
+        let writes = jobs.len();
         let mut inserts = Vec::new();
         let mut insert_replies = Vec::new();
         let mut saves = Vec::new();
@@ -91,7 +102,10 @@ async fn writer(
                 }
             }
         }
-        match store.write_batch(&inserts, &saves).await {
+        let started = std::time::Instant::now();
+        let written = store.write_batch(&inserts, &saves).await;
+        metrics.batch(writes, started.elapsed().as_secs_f64());
+        match written {
             Ok((ins, sav)) => {
                 for (reply, r) in insert_replies.into_iter().zip(ins) {
                     let _ = reply.send(Ok(r));
