@@ -50,7 +50,7 @@ struct Args {
     /// memory figure takes seconds; each slot costs the coordinator about 23 KiB.
     #[arg(long, default_value_t = 512)]
     calls_per_target: usize,
-    /// Seconds of pgbench per concurrency level for the PostgreSQL bound (0: skip).
+    /// Seconds of pgbench before each PostgreSQL run, for the bound beside it (0: skip).
     #[arg(long, default_value_t = 10)]
     pgbench_seconds: u32,
     /// Extra environment for the coordinators started here (`KEY=VALUE`, repeatable), to
@@ -438,18 +438,10 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         }
     }
 
-    // The PostgreSQL bound, measured in the same run on the same server.
-    let mut bound: HashMap<usize, f64> = HashMap::new();
-    if args.url.is_none() && args.stores.iter().any(|s| s == "postgres") && args.pgbench_seconds > 0
-    {
-        for &c in &args.concurrency {
-            let tps = pgbench_bound(c.max(1), args.pgbench_seconds).await?;
-            println!(
-                "pgbench (INSERT + UPDATE, each its own commit) at {c} clients: {tps:.0} tx/s"
-            );
-            bound.insert(c, tps);
-        }
-    }
+    // The PostgreSQL bound, measured on the same server right before each PostgreSQL run
+    // (this machine's speed drifts by a third within minutes: a bound measured once at
+    // the start can be far from the one that held during a later run).
+    let measure_bound = args.url.is_none() && args.pgbench_seconds > 0;
     println!(
         "{:<9} {:<4} {:>6} {:>4} {:>9} {:>9} {:>9}  {:<23}  {:<8} vs pgbench",
         "store", "load", "N", "C", "tx/s", "p50 ms", "p99 ms", "CPU ms/tx coord/db/load", "calls"
@@ -466,6 +458,11 @@ async fn bench(args: Args) -> anyhow::Result<()> {
             };
             for &c in &args.concurrency {
                 let tag = format!("bench-{run_id}-{store}-{workload}-c{c}");
+                let bound = if measure_bound && store == "postgres" {
+                    Some(pgbench_bound(c.max(1), args.pgbench_seconds).await?)
+                } else {
+                    None
+                };
                 let cpu_before = pid.and_then(cpu_ms);
                 let db_before = cpu_ms_named(db_process(store));
                 let load_before = cpu_ms(std::process::id());
@@ -480,9 +477,9 @@ async fn bench(args: Args) -> anyhow::Result<()> {
                 )
                 .await?;
                 all_ok &= r.verified;
-                let ratio = match bound.get(&c) {
-                    Some(b) if store == "postgres" => format!("{:.2}x", r.tps / b),
-                    _ => String::new(),
+                let ratio = match bound {
+                    Some(b) => format!("{:.2}x of {b:.0}", r.tps / b),
+                    None => String::new(),
                 };
                 let per_tx = |ms: f64| ms / args.transactions as f64;
                 let coord = match (cpu_before, pid.and_then(cpu_ms)) {
