@@ -135,57 +135,57 @@ impl PgStore {
         version: i64,
         p: &super::Progress,
     ) -> Result<super::Saved, StoreError> {
-        let updated: i64 = sqlx::query_scalar(concat!(
-            "WITH g AS (UPDATE dtx_global SET status = $1, needs_attention = $2, rollback_reason = COALESCE(rollback_reason, $3), ",
-            "next_attempt_at = $4, attempts = attempts + $5, version = version + 1, updated_at = ", now!(), ", ",
-            "finished_at = CASE WHEN $6 THEN ", now!(), " ELSE finished_at END, ",
-            "lease_owner = $7, lease_until = ", now!(), " + $8 ",
-            "WHERE gid = $9 AND version = $10 AND lease_owner = $11 RETURNING gid), ",
-            "b AS (UPDATE dtx_branch AS br SET status = u.status, attempts = u.attempts, next_at = u.next_at, last_error = u.last_error, updated_at = ", now!(),
-            " FROM g, unnest($12::text[], $13::text[], $14::text[], $15::bigint[], $16::bigint[], $17::text[]) AS u(branch_id, op, status, attempts, next_at, last_error) ",
-            "WHERE br.gid = g.gid AND br.branch_id = u.branch_id AND br.op = u.op), ",
-            // A compensation first written gets its row from its action's (the update
-            // above found none; one already there is left to it). A plain insert: the
-            // fence (joined through g) admits one writer, and ON CONFLICT would cost a
-            // speculative insertion, measured at 1.7x a plain one.
-            "c AS (INSERT INTO dtx_branch (gid, branch_id, op, seq, target, payload, status, attempts, next_at, last_error, retry_limit, request_timeout_ms, created_at, updated_at) ",
-            "SELECT a.gid, a.branch_id, u.op, a.seq, a.compensate, a.payload, u.status, u.attempts, u.next_at, u.last_error, a.retry_limit, a.request_timeout_ms, a.created_at, ", now!(),
-            " FROM g, unnest($12::text[], $13::text[], $14::text[], $15::bigint[], $16::bigint[], $17::text[]) AS u(branch_id, op, status, attempts, next_at, last_error) ",
-            "CROSS JOIN LATERAL (SELECT * FROM dtx_branch a WHERE a.gid = $9 AND a.branch_id = u.branch_id AND a.op = 'action' ",
-            "AND a.compensate IS NOT NULL AND NOT EXISTS (SELECT 1 FROM dtx_branch c ",
-            "WHERE c.gid = $9 AND c.branch_id = u.branch_id AND c.op = 'compensate') OFFSET 0) a ",
-            "WHERE u.op = 'compensate'), ",
-            "a AS (INSERT INTO dtx_attempt (gid, branch_id, op, started_at, duration_ms, outcome, error, owner) ",
-            "SELECT g.gid, u.branch_id, u.op, u.started_at, u.duration_ms, u.outcome, u.error, $11 ",
-            "FROM g, unnest($18::text[], $19::text[], $20::bigint[], $21::bigint[], $22::text[], $23::text[]) AS u(branch_id, op, started_at, duration_ms, outcome, error)) ",
-            "SELECT count(*) FROM g"
-        ))
-        .bind(p.status.as_str())
-        .bind(p.needs_attention.as_deref())
-        .bind(p.rollback_reason.as_deref())
-        .bind(p.next_attempt_at)
-        .bind(p.calls)
-        .bind(p.status.is_final())
-        .bind(p.lease_ms.map(|_| owner))
-        .bind(p.lease_ms)
-        .bind(gid)
-        .bind(version)
-        .bind(owner)
-        .bind(p.ops.iter().map(|o| o.branch_id.as_str()).collect::<Vec<_>>())
-        .bind(p.ops.iter().map(|o| o.op.as_str()).collect::<Vec<_>>())
-        .bind(p.ops.iter().map(|o| o.status.as_str()).collect::<Vec<_>>())
-        .bind(p.ops.iter().map(|o| o.attempts).collect::<Vec<_>>())
-        .bind(p.ops.iter().map(|o| o.next_at).collect::<Vec<_>>())
-        .bind(p.ops.iter().map(|o| o.last_error.as_deref()).collect::<Vec<_>>())
-        .bind(p.attempts.iter().map(|a| a.branch_id.as_str()).collect::<Vec<_>>())
-        .bind(p.attempts.iter().map(|a| a.op.as_str()).collect::<Vec<_>>())
-        .bind(p.attempts.iter().map(|a| a.started_at).collect::<Vec<_>>())
-        .bind(p.attempts.iter().map(|a| a.duration_ms).collect::<Vec<_>>())
-        .bind(p.attempts.iter().map(|a| a.outcome).collect::<Vec<_>>())
-        .bind(p.attempts.iter().map(|a| a.error.as_deref()).collect::<Vec<_>>())
-        .fetch_one(&self.write)
-        .await
-        .ctx("save progress")?;
+        let sql = save_sql(
+            p.ops.iter().any(|o| o.op == dtx::Op::Compensate),
+            !p.attempts.is_empty(),
+        );
+        let updated: i64 = sqlx::query_scalar(sql)
+            .bind(p.status.as_str())
+            .bind(p.needs_attention.as_deref())
+            .bind(p.rollback_reason.as_deref())
+            .bind(p.next_attempt_at)
+            .bind(p.calls)
+            .bind(p.status.is_final())
+            .bind(p.lease_ms.map(|_| owner))
+            .bind(p.lease_ms)
+            .bind(gid)
+            .bind(version)
+            .bind(owner)
+            .bind(
+                p.ops
+                    .iter()
+                    .map(|o| o.branch_id.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(p.ops.iter().map(|o| o.op.as_str()).collect::<Vec<_>>())
+            .bind(p.ops.iter().map(|o| o.status.as_str()).collect::<Vec<_>>())
+            .bind(p.ops.iter().map(|o| o.attempts).collect::<Vec<_>>())
+            .bind(p.ops.iter().map(|o| o.next_at).collect::<Vec<_>>())
+            .bind(
+                p.ops
+                    .iter()
+                    .map(|o| o.last_error.as_deref())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                p.attempts
+                    .iter()
+                    .map(|a| a.branch_id.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(p.attempts.iter().map(|a| a.op.as_str()).collect::<Vec<_>>())
+            .bind(p.attempts.iter().map(|a| a.started_at).collect::<Vec<_>>())
+            .bind(p.attempts.iter().map(|a| a.duration_ms).collect::<Vec<_>>())
+            .bind(p.attempts.iter().map(|a| a.outcome).collect::<Vec<_>>())
+            .bind(
+                p.attempts
+                    .iter()
+                    .map(|a| a.error.as_deref())
+                    .collect::<Vec<_>>(),
+            )
+            .fetch_one(&self.write)
+            .await
+            .ctx("save progress")?;
         Ok(if updated == 1 {
             super::Saved::Ok(version + 1)
         } else {
@@ -469,6 +469,64 @@ impl PgStore {
     }
 }
 
+/// One save's fenced update of its global row and its ops ($1-$17).
+const SAVE_ROWS: &str = concat!(
+    "g AS (UPDATE dtx_global SET status = $1, needs_attention = $2, rollback_reason = COALESCE(rollback_reason, $3), ",
+    "next_attempt_at = $4, attempts = attempts + $5, version = version + 1, updated_at = ",
+    now!(),
+    ", ",
+    "finished_at = CASE WHEN $6 THEN ",
+    now!(),
+    " ELSE finished_at END, ",
+    "lease_owner = $7, lease_until = ",
+    now!(),
+    " + $8 ",
+    "WHERE gid = $9 AND version = $10 AND lease_owner = $11 RETURNING gid), ",
+    "b AS (UPDATE dtx_branch AS br SET status = u.status, attempts = u.attempts, next_at = u.next_at, last_error = u.last_error, updated_at = ",
+    now!(),
+    " FROM g, unnest($12::text[], $13::text[], $14::text[], $15::bigint[], $16::bigint[], $17::text[]) AS u(branch_id, op, status, attempts, next_at, last_error) ",
+    "WHERE br.gid = g.gid AND br.branch_id = u.branch_id AND br.op = u.op)"
+);
+
+/// A compensation first written gets its row from its action's (the update above found
+/// none; one already there is left to it). A plain insert: the fence (joined through g)
+/// admits one writer, and ON CONFLICT would cost a speculative insertion, measured at
+/// 1.7x a plain one.
+const SAVE_COMPENSATIONS: &str = concat!(
+    "c AS (INSERT INTO dtx_branch (gid, branch_id, op, seq, target, payload, status, attempts, next_at, last_error, retry_limit, request_timeout_ms, created_at, updated_at) ",
+    "SELECT a.gid, a.branch_id, u.op, a.seq, a.compensate, a.payload, u.status, u.attempts, u.next_at, u.last_error, a.retry_limit, a.request_timeout_ms, a.created_at, ",
+    now!(),
+    " FROM g, unnest($12::text[], $13::text[], $14::text[], $15::bigint[], $16::bigint[], $17::text[]) AS u(branch_id, op, status, attempts, next_at, last_error) ",
+    "CROSS JOIN LATERAL (SELECT * FROM dtx_branch a WHERE a.gid = $9 AND a.branch_id = u.branch_id AND a.op = 'action' ",
+    "AND a.compensate IS NOT NULL AND NOT EXISTS (SELECT 1 FROM dtx_branch c ",
+    "WHERE c.gid = $9 AND c.branch_id = u.branch_id AND c.op = 'compensate') OFFSET 0) a ",
+    "WHERE u.op = 'compensate')"
+);
+
+/// One save's call history ($18-$23).
+const SAVE_ATTEMPTS: &str = concat!(
+    "a AS (INSERT INTO dtx_attempt (gid, branch_id, op, started_at, duration_ms, outcome, error, owner) ",
+    "SELECT g.gid, u.branch_id, u.op, u.started_at, u.duration_ms, u.outcome, u.error, $11 ",
+    "FROM g, unnest($18::text[], $19::text[], $20::bigint[], $21::bigint[], $22::text[], $23::text[]) AS u(branch_id, op, started_at, duration_ms, outcome, error))"
+);
+
+/// The statement of one save, with the compensation and history parts only when it
+/// has them (as for batches: see [`batch_sql`]). Returns 1 row counting the global rows
+/// updated (0: the fence refused it).
+fn save_sql(compensations: bool, attempts: bool) -> &'static str {
+    static VARIANTS: [std::sync::OnceLock<String>; 4] = [const { std::sync::OnceLock::new() }; 4];
+    VARIANTS[usize::from(compensations) | usize::from(attempts) << 1].get_or_init(|| {
+        let mut ctes = vec![SAVE_ROWS];
+        if compensations {
+            ctes.push(SAVE_COMPENSATIONS);
+        }
+        if attempts {
+            ctes.push(SAVE_ATTEMPTS);
+        }
+        format!("WITH {} SELECT count(*) FROM g", ctes.join(", "))
+    })
+}
+
 /// What a batch holds, which decides the statement that writes it.
 #[derive(Debug, Clone, Copy)]
 struct BatchParts {
@@ -623,6 +681,10 @@ mod tests {
         });
         assert!(!inserts.contains("s AS") && !inserts.contains("dtx_attempt"));
         assert!(inserts.ends_with("SELECT true, gid FROM g"));
+        let lone = save_sql(false, false);
+        assert!(lone.starts_with("WITH g AS (UPDATE dtx_global"));
+        assert!(!lone.contains("dtx_attempt") && !lone.contains("c AS"));
+        assert!(save_sql(true, true).contains("c AS") && save_sql(true, true).contains("a AS"));
         // Every parameter a part uses is bound whatever the variant: the numbering of
         // the parts does not overlap.
         assert!(!BATCH_INSERTS.contains("$17") && !BATCH_SAVES.contains("$9:"));
