@@ -41,3 +41,19 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Queries `gid` through `client` until its view satisfies `f` (20 s at most), and
+/// returns that view; panics with `what` otherwise.
+pub async fn query_until(
+    client: &dtx::Client,
+    gid: &str,
+    what: &str,
+    f: impl Fn(&dtx::api::TransactionView) -> bool,
+) -> dtx::api::TransactionView {
+    eventually(Duration::from_secs(20), what, || {
+        let client = client.clone();
+        let f = &f;
+        async move { client.query(gid).await.ok().filter(|t| f(t)) }
+    })
+    .await
+}

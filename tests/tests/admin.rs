@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use dtx::GlobalStatus;
 use dtx::api::{SagaStep, SubmitSaga, TxOptions};
-use dtx_tests::{Backend, Behaviour, CoordinatorProc, Participant, eventually};
+use dtx_tests::{Backend, Behaviour, CoordinatorProc, Participant, eventually, query_until};
 use serde_json::{Value, json};
 
 fn saga(p: &Participant, limit: u32) -> SubmitSaga {
@@ -44,20 +44,6 @@ fn cli(url: &str, token: Option<&str>, args: &[&str]) -> (bool, String) {
     )
 }
 
-async fn wait_for(
-    client: &dtx::Client,
-    gid: &str,
-    what: &str,
-    f: impl Fn(&dtx::api::TransactionView) -> bool,
-) -> dtx::api::TransactionView {
-    eventually(Duration::from_secs(20), what, || {
-        let client = client.clone();
-        let f = &f;
-        async move { client.query(gid).await.ok().filter(|t| f(t)) }
-    })
-    .await
-}
-
 async fn a_stuck_saga_is_found_retried_and_audited_from_the_cli(backend: Backend) {
     let db = backend.fresh().await;
     let coord = CoordinatorProc::start(&db.url, &[]).await;
@@ -65,7 +51,7 @@ async fn a_stuck_saga_is_found_retried_and_audited_from_the_cli(backend: Backend
     p.set("b/action", Behaviour::Status(503));
     let client = coord.client();
     let gid = client.submit_saga(&saga(&p, 2)).await.unwrap().gid;
-    wait_for(&client, &gid, "needs_attention", |t| {
+    query_until(&client, &gid, "needs_attention", |t| {
         t.needs_attention.is_some()
     })
     .await;
@@ -81,7 +67,7 @@ async fn a_stuck_saga_is_found_retried_and_audited_from_the_cli(backend: Backend
         &["retry", &gid, "--reason", "payment service redeployed"],
     );
     assert!(ok, "{out}");
-    let done = wait_for(&client, &gid, "success after the retry", |t| {
+    let done = query_until(&client, &gid, "success after the retry", |t| {
         t.status.is_final()
     })
     .await;
@@ -170,7 +156,7 @@ async fn force_abort_runs_the_compensations_and_needs_the_token(backend: Backend
         .unwrap();
     assert_eq!(res.status(), 200);
 
-    let done = wait_for(&client, &gid, "the forced rollback", |t| {
+    let done = query_until(&client, &gid, "the forced rollback", |t| {
         t.status.is_final()
     })
     .await;
@@ -245,7 +231,7 @@ async fn a_compensation_marked_done_by_hand_is_not_called_by_the_rollback(backen
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
-    let done = wait_for(&client, &gid, "the forced rollback", |t| {
+    let done = query_until(&client, &gid, "the forced rollback", |t| {
         t.status.is_final()
     })
     .await;

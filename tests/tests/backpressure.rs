@@ -1,10 +1,8 @@
 //! Backpressure: no more calls in flight to one participant than its limit, however many
 //! transactions want it at once (as after an outage, when everything retries together).
 
-use std::time::Duration;
-
 use dtx::api::{SagaStep, SubmitSaga, TxOptions};
-use dtx_tests::{Backend, Behaviour, CoordinatorProc, Participant, eventually};
+use dtx_tests::{Backend, Behaviour, CoordinatorProc, Participant, query_until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_to_one_participant_are_limited() {
@@ -29,10 +27,8 @@ async fn calls_to_one_participant_are_limited() {
         gids.push(client.submit_saga(&saga).await.unwrap().gid);
     }
     for gid in &gids {
-        let client = client.clone();
-        eventually(Duration::from_secs(20), "every saga to finish", || {
-            let client = client.clone();
-            async move { client.query(gid).await.ok().filter(|t| t.status.is_final()) }
+        query_until(&client, gid, "every saga to finish", |t| {
+            t.status.is_final()
         })
         .await;
     }

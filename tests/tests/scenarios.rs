@@ -7,7 +7,9 @@ use dtx::api::{
     Finish, PrepareTcc, RegisterBranch, SagaStep, SubmitSaga, TransactionView, TxOptions,
 };
 use dtx::{GlobalStatus, OpStatus};
-use dtx_tests::{Backend, Behaviour, CoordinatorProc, Database, Participant, eventually};
+use dtx_tests::{
+    Backend, Behaviour, CoordinatorProc, Database, Participant, eventually, query_until,
+};
 use serde_json::json;
 
 struct World {
@@ -43,15 +45,9 @@ fn step(w: &World, name: &str) -> SagaStep {
 }
 
 async fn final_state(w: &World, gid: &str) -> TransactionView {
-    let client = w.coord.client();
-    eventually(
-        Duration::from_secs(30),
-        &format!("{gid} to reach a final state"),
-        || {
-            let client = client.clone();
-            async move { client.query(gid).await.ok().filter(|t| t.status.is_final()) }
-        },
-    )
+    query_until(&w.coord.client(), gid, "a final state", |t| {
+        t.status.is_final()
+    })
     .await
 }
 
@@ -530,16 +526,8 @@ async fn spent_retry_budget_needs_attention(backend: Backend) {
     };
     let client = w.coord.client();
     let gid = client.submit_saga(&saga).await.unwrap().gid;
-    let tx = eventually(Duration::from_secs(20), "needs_attention", || {
-        let client = client.clone();
-        let gid = gid.clone();
-        async move {
-            client
-                .query(&gid)
-                .await
-                .ok()
-                .filter(|t| t.needs_attention.is_some())
-        }
+    let tx = query_until(&client, &gid, "needs_attention", |t| {
+        t.needs_attention.is_some()
     })
     .await;
     assert_eq!(
@@ -592,16 +580,8 @@ async fn participant_calls_keep_the_target_query_and_do_not_follow_redirects() {
     };
     let client = w.coord.client();
     let gid = client.submit_saga(&saga).await.unwrap().gid;
-    let tx = eventually(Duration::from_secs(20), "needs_attention", || {
-        let client = client.clone();
-        let gid = gid.clone();
-        async move {
-            client
-                .query(&gid)
-                .await
-                .ok()
-                .filter(|t| t.needs_attention.is_some())
-        }
+    let tx = query_until(&client, &gid, "needs_attention", |t| {
+        t.needs_attention.is_some()
     })
     .await;
     let call = &w.p.calls_to("order/action", &gid)[0];

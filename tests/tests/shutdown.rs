@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use dtx::GlobalStatus;
 use dtx::api::{SagaStep, SubmitSaga, TxOptions};
-use dtx_tests::{Backend, Behaviour, CoordinatorProc, Participant, eventually};
+use dtx_tests::{Backend, Behaviour, CoordinatorProc, Participant, eventually, query_until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_hands_in_flight_work_to_another_coordinator() {
@@ -62,21 +62,9 @@ async fn sigterm_hands_in_flight_work_to_another_coordinator() {
     let second = CoordinatorProc::start(&db.url, &[("DTX_LEASE_MS", "60000")]).await;
     let started = std::time::Instant::now();
     let client = second.client();
-    let done = eventually(
-        Duration::from_secs(15),
-        "the handed-back saga to finish",
-        || {
-            let client = client.clone();
-            let gid = gid.clone();
-            async move {
-                client
-                    .query(&gid)
-                    .await
-                    .ok()
-                    .filter(|t| t.status.is_final())
-            }
-        },
-    )
+    let done = query_until(&client, &gid, "the handed-back saga to finish", |t| {
+        t.status.is_final()
+    })
     .await;
     assert_eq!(done.status, GlobalStatus::Succeeded);
     assert!(

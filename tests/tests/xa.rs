@@ -9,7 +9,7 @@ use axum::extract::State;
 use axum::routing::post;
 use dtx::api::{Finish, PrepareTcc, TxOptions};
 use dtx::{BranchContext, BranchError, GlobalStatus};
-use dtx_tests::{Backend, CoordinatorProc, Database, eventually};
+use dtx_tests::{Backend, CoordinatorProc, Database, query_until};
 use serde::Deserialize;
 use sqlx::{MySqlPool, PgPool};
 
@@ -339,16 +339,8 @@ async fn a_participant_dead_after_prepare_finishes_after_restart() {
         resolved,
         vec![dtx::xa::Resolution::Committed(dtx::xa::xid(&gid, "02"))]
     );
-    let done = eventually(Duration::from_secs(20), "the transfer to finish", || {
-        let client = client.clone();
-        let gid = gid.clone();
-        async move {
-            client
-                .query(&gid)
-                .await
-                .ok()
-                .filter(|t| t.status.is_final())
-        }
+    let done = query_until(&client, &gid, "the transfer to finish", |t| {
+        t.status.is_final()
     })
     .await;
     assert_eq!(done.status, GlobalStatus::Succeeded);
@@ -395,21 +387,9 @@ async fn the_coordinator_dead_between_decision_and_phase_two_finishes_after_rest
         .store(false, std::sync::atomic::Ordering::SeqCst);
     coord.restart().await;
     let client = coord.client();
-    let done = eventually(
-        Duration::from_secs(20),
-        "phase 2 to finish after the restart",
-        || {
-            let client = client.clone();
-            let gid = gid.clone();
-            async move {
-                client
-                    .query(&gid)
-                    .await
-                    .ok()
-                    .filter(|t| t.status.is_final())
-            }
-        },
-    )
+    let done = query_until(&client, &gid, "phase 2 to finish after the restart", |t| {
+        t.status.is_final()
+    })
     .await;
     assert_eq!(done.status, GlobalStatus::Succeeded);
     assert_eq!(
