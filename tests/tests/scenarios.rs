@@ -8,7 +8,8 @@ use dtx::api::{
 };
 use dtx::{GlobalStatus, OpStatus};
 use dtx_tests::{
-    Backend, Behaviour, CoordinatorProc, Database, Participant, eventually, query_until,
+    Backend, Behaviour, CoordinatorProc, Database, Participant, backend::postgres_url, eventually,
+    query_until,
 };
 use serde_json::json;
 
@@ -610,6 +611,56 @@ async fn participant_calls_keep_the_target_query_and_do_not_follow_redirects() {
         reason.contains("HTTP 307") && reason.contains("FAILURE"),
         "the status and the start of the body are kept: {reason}"
     );
+}
+
+/// The coordinator keeps its PostgreSQL write connections outside sqlx's pool (no check
+/// round trip per write). Connections the server has closed while they sat idle (a
+/// restart, an operator's `pg_terminate_backend`, an idle timeout) must not cost a write:
+/// the next submit after they were cut succeeds at once, and so does the one after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_connections_closed_by_the_server_cost_no_write() {
+    let w = world(Backend::Postgres, &[]).await;
+    let client = w.coord.client();
+    let saga = SubmitSaga {
+        steps: vec![step(&w, "order"), step(&w, "stock")],
+        options: quick(),
+        wait_result: true,
+        ..Default::default()
+    };
+    let first = client.submit_saga(&saga).await.unwrap();
+    assert_eq!(first.status, GlobalStatus::Succeeded);
+
+    // Idle long enough to be checked before use, then cut by the server.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let name = w._db.url.rsplit('/').next().unwrap().to_owned();
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&postgres_url())
+        .await
+        .unwrap();
+    let cut: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind(&name)
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    assert!(
+        cut.len() >= 2,
+        "the coordinator's connections were found and cut: {cut:?}"
+    );
+
+    for round in 0..2 {
+        let next = client
+            .submit_saga(&saga)
+            .await
+            .unwrap_or_else(|e| panic!("submit {round} after the connections were cut: {e}"));
+        assert_eq!(next.status, GlobalStatus::Succeeded, "submit {round}");
+        assert_eq!(
+            w.p.sequence(&next.gid),
+            ["order/action", "stock/action"],
+            "submit {round}"
+        );
+    }
 }
 
 /// Many sagas at once, so that their writes share commits (inserts and saves of different
