@@ -63,13 +63,20 @@ struct Args {
     load_threads: usize,
 }
 
-/// CPU time (user + system) a process has used, in ms (Linux `/proc`).
+/// CPU time (user + system) a process has used, in ms (Linux `/proc`), with that of its
+/// children that have ended: PostgreSQL's postmaster collects the time of the backends
+/// that exit during a run (pgbench's, an idle pool's), which would otherwise vanish from
+/// the sum and make the database's figure too low.
 fn cpu_ms(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may hold spaces) start after the last ')'.
+    // Fields after the command name (which may hold spaces) start after the last ')':
+    // utime, stime, cutime and cstime are the 12th to 15th of them.
     let rest = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    let mut ticks = 0.0;
+    for i in 11..=14 {
+        ticks += fields.get(i)?.parse::<f64>().ok()?;
+    }
     Some(ticks * 10.0) // USER_HZ is 100 on Linux
 }
 
