@@ -16,7 +16,9 @@ pub struct Config {
     pub database_url: String,
     /// Address of the HTTP API. Env: `DTX_LISTEN`.
     pub listen: String,
-    /// Largest database pool (PostgreSQL).
+    /// Largest database pool (PostgreSQL). On PostgreSQL the write path (inserts, saves,
+    /// group-commit batches) keeps connections of its own besides, at most as many (one
+    /// per group-commit writer in use).
     pub max_connections: u32,
     /// How long a claimed transaction stays leased to this process without a write.
     pub lease_ms: u64,

@@ -53,6 +53,7 @@ impl PgStore {
             writes: Arc::new(WriteConnections {
                 options: hot,
                 idle: Mutex::new(Vec::new()),
+                slots: tokio::sync::Semaphore::new(max_connections.max(2) as usize),
             }),
             write: pool.clone(),
             read: pool,
@@ -72,6 +73,9 @@ struct WriteConnections {
     options: PgConnectOptions,
     /// Connections ready for the next write, with the time each was given back.
     idle: Mutex<Vec<(PgConnection, Instant)>>,
+    /// Write connections that may be in use at once (`max_connections`; group commit
+    /// uses one per writer).
+    slots: tokio::sync::Semaphore,
 }
 
 impl WriteConnections {
@@ -82,8 +86,22 @@ impl WriteConnections {
     /// A new connection that takes longer than this fails the write.
     const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
-    /// A connection for one write: the most recently used idle one, else a new one.
-    async fn take(&self) -> Result<PgConnection, StoreError> {
+    /// A connection for one write: the most recently used idle one, else a new one, once
+    /// fewer than the configured number are in use.
+    async fn take(&self) -> Result<WriteConnection<'_>, StoreError> {
+        let slot = self
+            .slots
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Database {
+                context: "take a write connection",
+                source: sqlx::Error::PoolClosed,
+            })?;
+        let conn = self.open().await?;
+        Ok(WriteConnection { conn, _slot: slot })
+    }
+
+    async fn open(&self) -> Result<PgConnection, StoreError> {
         loop {
             let last = self
                 .idle
@@ -112,19 +130,25 @@ impl WriteConnections {
         }
     }
 
-    /// Gives `conn` back after a statement that ended with `result`.
-    fn give<T>(&self, conn: PgConnection, result: &Result<T, sqlx::Error>) {
+    /// Gives a connection back after a statement that ended with `result`.
+    fn give<T>(&self, taken: WriteConnection<'_>, result: &Result<T, sqlx::Error>) {
         if !matches!(result, Ok(_) | Err(sqlx::Error::Database(_))) {
             return; // closed by the drop: its state is unknown
         }
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         if idle.len() < Self::KEEP {
-            idle.push((conn, Instant::now()));
+            idle.push((taken.conn, Instant::now()));
         } else {
             drop(idle);
-            tokio::spawn(conn.close());
+            tokio::spawn(taken.conn.close());
         }
     }
+}
+
+/// A write connection in use, holding one of the write path's slots.
+struct WriteConnection<'a> {
+    conn: PgConnection,
+    _slot: tokio::sync::SemaphorePermit<'a>,
 }
 
 impl std::fmt::Debug for WriteConnections {
@@ -198,9 +222,9 @@ impl PgStore {
         .bind(ops.iter().map(|o| o.retry_limit).collect::<Vec<_>>())
         .bind(ops.iter().map(|o| o.request_timeout_ms).collect::<Vec<_>>())
         .bind(ops.iter().map(|o| o.compensate.as_deref()).collect::<Vec<_>>());
-        let mut conn = self.writes.take().await?;
-        let created = insert.fetch_one(&mut conn).await;
-        self.writes.give(conn, &created);
+        let mut w = self.writes.take().await?;
+        let created = insert.fetch_one(&mut w.conn).await;
+        self.writes.give(w, &created);
         let created: i64 = created.ctx("insert transaction")?;
         if created == 1 {
             return Ok(super::Inserted::Created { version: 1 });
@@ -268,9 +292,9 @@ impl PgStore {
                     .map(|a| a.error.as_deref())
                     .collect::<Vec<_>>(),
             );
-        let mut conn = self.writes.take().await?;
-        let updated = save.fetch_one(&mut conn).await;
-        self.writes.give(conn, &updated);
+        let mut w = self.writes.take().await?;
+        let updated = save.fetch_one(&mut w.conn).await;
+        self.writes.give(w, &updated);
         let updated: i64 = updated.ctx("save progress")?;
         Ok(if updated == 1 {
             super::Saved::Ok(version + 1)
@@ -539,9 +563,9 @@ impl PgStore {
                     .map(|(_, o)| o.compensate.as_deref())
                     .collect::<Vec<_>>(),
             );
-        let mut conn = self.writes.take().await?;
-        let rows = batch.fetch_all(&mut conn).await;
-        self.writes.give(conn, &rows);
+        let mut w = self.writes.take().await?;
+        let rows = batch.fetch_all(&mut w.conn).await;
+        self.writes.give(w, &rows);
         let rows: Vec<(bool, String)> = rows.ctx("write batch")?;
         let mut created = std::collections::HashSet::new();
         let mut updated = std::collections::HashSet::new();
