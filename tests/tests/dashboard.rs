@@ -363,16 +363,32 @@ async fn operators_filter_and_act_on_ops_and_budgets(backend: Backend) {
         .await;
     assert_eq!(status, 409, "a final transaction has nothing left to do");
 
-    // The metrics agree with the participants' own counts.
-    let text = admin
-        .http
-        .get(format!("{}/metrics", coord.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    // The metrics agree with the participants' own counts. A driver counts a finished
+    // transaction right after the commit that a query can already see: read them once
+    // the last one has been counted and has left the in-flight gauge.
+    let text = dtx_tests::eventually(
+        std::time::Duration::from_secs(10),
+        "the fourth saga counted as finished",
+        || async {
+            let text = admin
+                .http
+                .get(format!("{}/metrics", coord.url))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            let finished = metric(
+                &text,
+                "dtx_transactions_finished_total",
+                &["outcome=\"succeeded\""],
+            );
+            let in_flight = metric(&text, "dtx_transactions_in_flight", &[]);
+            (finished >= 4.0 && in_flight == 0.0).then_some(text)
+        },
+    )
+    .await;
     assert_eq!(
         metric(
             &text,
