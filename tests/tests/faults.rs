@@ -341,29 +341,9 @@ async fn a_frozen_coordinator_cannot_overwrite_its_successor() {
     );
 }
 
-/// Restarts the PostgreSQL server of the tests: `DTX_TEST_PG_RESTART` (a shell command),
-/// else `pg_ctlcluster` on the one cluster in /etc/postgresql.
-fn restart_postgres() {
-    let cmd = std::env::var("DTX_TEST_PG_RESTART").unwrap_or_else(|_| {
-        let version = std::fs::read_dir("/etc/postgresql")
-            .ok()
-            .and_then(|mut d| d.next())
-            .and_then(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .expect("no /etc/postgresql cluster: set DTX_TEST_PG_RESTART to a command that restarts the test server");
-        format!("pg_ctlcluster --skip-systemctl-redirect {version} main restart")
-    });
-    let status = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(&cmd)
-        .status()
-        .expect("run the restart command");
-    assert!(status.success(), "`{cmd}` failed");
-}
-
-/// Stops or starts (`action`) the PostgreSQL server of the tests: `DTX_TEST_PG_STOP` /
-/// `DTX_TEST_PG_START` (shell commands), else `pg_ctlcluster` on the one cluster in
-/// /etc/postgresql.
+/// Restarts, stops or starts (`action`) the PostgreSQL server of the tests:
+/// `DTX_TEST_PG_RESTART` / `DTX_TEST_PG_STOP` / `DTX_TEST_PG_START` (shell commands), else
+/// `pg_ctlcluster` on the one cluster in /etc/postgresql.
 fn postgres_ctl(action: &str) {
     let var = format!("DTX_TEST_PG_{}", action.to_uppercase());
     let cmd = std::env::var(&var).unwrap_or_else(|_| {
@@ -429,7 +409,9 @@ async fn postgres_restarted_in_the_middle_of_a_run() {
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let outage = Instant::now();
-    tokio::task::spawn_blocking(restart_postgres).await.unwrap();
+    tokio::task::spawn_blocking(|| postgres_ctl("restart"))
+        .await
+        .unwrap();
     let outage = outage.elapsed();
     for t in tasks {
         t.await.unwrap();

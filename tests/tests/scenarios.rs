@@ -14,7 +14,7 @@ use dtx_tests::{
 use serde_json::json;
 
 struct World {
-    _db: Database,
+    db: Database,
     coord: CoordinatorProc,
     p: Participant,
 }
@@ -23,7 +23,7 @@ async fn world(backend: Backend, env: &[(&str, &str)]) -> World {
     let db = backend.fresh().await;
     let coord = CoordinatorProc::start(&db.url, env).await;
     let p = Participant::start().await;
-    World { _db: db, coord, p }
+    World { db, coord, p }
 }
 
 /// Fast retries so that scenarios finish in seconds.
@@ -632,7 +632,7 @@ async fn postgres_connections_closed_by_the_server_cost_no_write() {
 
     // Idle long enough to be checked before use, then cut by the server.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
-    let name = w._db.url.rsplit('/').next().unwrap().to_owned();
+    let name = w.db.url.rsplit('/').next().unwrap().to_owned();
     let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&postgres_url())
         .await
         .unwrap();
