@@ -104,6 +104,7 @@ impl WriteConnections {
         Ok(WriteConnection { conn, _slot: slot })
     }
 
+    /// The most recently given back idle connection that is still alive, else a new one.
     async fn open(&self) -> Result<PgConnection, StoreError> {
         loop {
             let last = self
