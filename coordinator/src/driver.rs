@@ -21,6 +21,7 @@ use crate::invoke::http::BranchCall;
 use crate::service::StoredOptions;
 use crate::store::{
     AttemptRecord, GlobalRow, NewTransaction, OpRow, OpUpdate, Progress, Saved, Store, StoreError,
+    implied_by_success,
 };
 
 /// Why a drive stopped early.
@@ -406,7 +407,11 @@ impl Driver {
                     } else {
                         plan.wake_at
                     },
-                    ops: changed.iter().map(|&i| op_update(&w.ops[i])).collect(),
+                    ops: changed
+                        .iter()
+                        .map(|&i| op_update(&w.ops[i]))
+                        .filter(|u| !implied_by_success(w.tx.trans_type, plan.status, u))
+                        .collect(),
                     calls: std::mem::take(&mut calls),
                     attempts: std::mem::take(&mut attempts),
                     lease_ms: keep.then(|| self.lease_for(w)),

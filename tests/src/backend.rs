@@ -36,36 +36,59 @@ impl Drop for Database {
 impl Database {
     /// The coordinator's attempt history of `gid`, oldest first: `(branch_id, op, outcome)`.
     pub async fn attempts(&self, gid: &str) -> Vec<(String, String, String)> {
-        const SQL: &str =
-            "SELECT branch_id, op, outcome FROM dtx_attempt WHERE gid = $1 ORDER BY id";
+        self.rows_of(
+            "SELECT branch_id, op, outcome FROM dtx_attempt WHERE gid = $1 ORDER BY id",
+            gid,
+        )
+        .await
+    }
+
+    /// The branch rows of `gid` as stored: `(branch_id, op, status, attempts)`.
+    pub async fn branch_rows(&self, gid: &str) -> Vec<(String, String, String, i64)> {
+        self.rows_of(
+            "SELECT branch_id, op, status, attempts FROM dtx_branch WHERE gid = $1 ORDER BY branch_id, op",
+            gid,
+        )
+        .await
+    }
+
+    /// Rows of a query over one gid (`$1`), on whichever database this is.
+    async fn rows_of<T>(&self, sql: &'static str, gid: &str) -> Vec<T>
+    where
+        T: Send
+            + Unpin
+            + for<'r> sqlx::FromRow<'r, sqlx::mysql::MySqlRow>
+            + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>
+            + for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>,
+    {
         if self.url.starts_with("mysql:") {
             let mut c = sqlx::MySqlConnection::connect(&self.url)
                 .await
                 .expect("connect MySQL");
-            return sqlx::query_as(sqlx::AssertSqlSafe(SQL.replace("$1", "?")))
+            return sqlx::query_as(sqlx::AssertSqlSafe(sql.replace("$1", "?")))
                 .bind(gid)
                 .fetch_all(&mut c)
                 .await
-                .expect("read dtx_attempt");
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
         }
         if self.dir.is_some() {
             let mut c = sqlx::SqliteConnection::connect(&self.url)
                 .await
                 .expect("open SQLite");
-            sqlx::query_as(SQL)
+            sqlx::query_as(sql)
                 .bind(gid)
                 .fetch_all(&mut c)
                 .await
-                .expect("read dtx_attempt")
+                .unwrap_or_else(|e| panic!("{sql}: {e}"))
         } else {
             let mut c = sqlx::PgConnection::connect(&self.url)
                 .await
                 .expect("connect PostgreSQL");
-            sqlx::query_as(SQL)
+            sqlx::query_as(sql)
                 .bind(gid)
                 .fetch_all(&mut c)
                 .await
-                .expect("read dtx_attempt")
+                .unwrap_or_else(|e| panic!("{sql}: {e}"))
         }
     }
 }

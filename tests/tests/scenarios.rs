@@ -158,7 +158,7 @@ async fn transient_errors_and_timeouts_are_retried(backend: Backend) {
     let mut options = quick();
     options.request_timeout_ms = Some(500);
     let saga = SubmitSaga {
-        steps: vec![step(&w, "order"), step(&w, "stock")],
+        steps: vec![step(&w, "order"), step(&w, "stock"), step(&w, "ship")],
         options,
         ..Default::default()
     };
@@ -167,10 +167,37 @@ async fn transient_errors_and_timeouts_are_retried(backend: Backend) {
     assert_eq!(tx.status, GlobalStatus::Succeeded);
     assert_eq!(w.p.count("order/action", &gid), 3);
     assert_eq!(w.p.count("stock/action", &gid), 2);
+    assert_eq!(w.p.count("ship/action", &gid), 1);
     assert_eq!(
         w.p.count("order/compensate", &gid) + w.p.count("stock/compensate", &gid),
         0
     );
+    let actions: Vec<_> = tx
+        .branches
+        .iter()
+        .filter(|b| b.op == dtx::Op::Action)
+        .map(|b| (b.branch_id.as_str(), b.status, b.attempts))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("01", OpStatus::Succeeded, 3),
+            ("02", OpStatus::Succeeded, 2),
+            ("03", OpStatus::Succeeded, 1)
+        ]
+    );
+    // The retried actions' rows were written; the step that succeeded at its first call
+    // was not (its row is still as submitted): the succeeded saga implies it.
+    let stored = w.db.branch_rows(&gid).await;
+    let row = |id: &str| {
+        stored
+            .iter()
+            .find(|r| r.0 == id && r.1 == "action")
+            .map(|r| (r.2.as_str(), r.3))
+    };
+    assert_eq!(row("01"), Some(("succeeded", 3)), "{stored:?}");
+    assert_eq!(row("02"), Some(("succeeded", 2)), "{stored:?}");
+    assert_eq!(row("03"), Some(("pending", 0)), "{stored:?}");
 }
 
 async fn saga_timeout_to_fail_compensates(backend: Backend) {

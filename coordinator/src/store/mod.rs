@@ -188,6 +188,39 @@ pub fn with_deferred_compensations(rows: Vec<(OpRow, Option<String>)>) -> Vec<Op
     ops
 }
 
+/// Whether a saga's final save may leave out this op update: an action that succeeded at
+/// its first call, in a saga that is now `succeeded`. Its row still holds what the submit
+/// wrote (`pending`, no call, no error), which in a succeeded saga can mean nothing else
+/// (every action succeeded, and any other outcome of a call is written), so
+/// [`imply_first_call_successes`] reads it back as this update. Most sagas succeed at the
+/// first try: their final save then writes the global row alone.
+pub fn implied_by_success(trans_type: TransType, status: GlobalStatus, op: &OpUpdate) -> bool {
+    trans_type == TransType::Saga
+        && status == GlobalStatus::Succeeded
+        && op.op == Op::Action
+        && op.status == OpStatus::Succeeded
+        && op.attempts == 1
+        && op.last_error.is_none()
+}
+
+/// The read side of [`implied_by_success`]: in a succeeded saga, an action row still as
+/// submitted (`pending`, no call, no error) is the action that succeeded at its first call.
+pub fn imply_first_call_successes(global: &GlobalRow, ops: &mut [OpRow]) {
+    if global.trans_type != TransType::Saga || global.status != GlobalStatus::Succeeded {
+        return;
+    }
+    for op in ops.iter_mut().filter(|o| {
+        o.op == Op::Action
+            && o.status == OpStatus::Pending
+            && o.attempts == 0
+            && o.last_error.is_none()
+    }) {
+        op.status = OpStatus::Succeeded;
+        op.attempts = 1;
+        op.updated_at = global.finished_at.unwrap_or(global.updated_at);
+    }
+}
+
 /// A transaction to insert.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewTransaction {
@@ -775,6 +808,108 @@ mod tests {
             (comp.retry_limit, comp.request_timeout_ms),
             (Some(3), Some(700))
         );
+    }
+
+    fn global(trans_type: TransType, status: GlobalStatus) -> GlobalRow {
+        GlobalRow {
+            gid: "g".into(),
+            trans_type,
+            status,
+            options: "{}".into(),
+            created_at: 1,
+            updated_at: 9,
+            finished_at: Some(9),
+            timeout_at: None,
+            next_attempt_at: None,
+            attempts: 2,
+            lease_owner: None,
+            lease_until: None,
+            version: 3,
+            needs_attention: None,
+            rollback_reason: None,
+        }
+    }
+
+    fn update(op: Op, status: OpStatus, attempts: i64, last_error: Option<&str>) -> OpUpdate {
+        OpUpdate {
+            branch_id: "01".into(),
+            op,
+            status,
+            attempts,
+            next_at: 0,
+            last_error: last_error.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn only_a_first_call_success_in_a_succeeded_saga_is_left_unwritten() {
+        let first = update(Op::Action, OpStatus::Succeeded, 1, None);
+        assert!(implied_by_success(
+            TransType::Saga,
+            GlobalStatus::Succeeded,
+            &first
+        ));
+        // Another mode, another status, a retried or failed call, a compensation: written.
+        assert!(!implied_by_success(
+            TransType::Tcc,
+            GlobalStatus::Succeeded,
+            &first
+        ));
+        assert!(!implied_by_success(
+            TransType::Saga,
+            GlobalStatus::Submitted,
+            &first
+        ));
+        assert!(!implied_by_success(
+            TransType::Saga,
+            GlobalStatus::Aborting,
+            &first
+        ));
+        for other in [
+            update(Op::Action, OpStatus::Succeeded, 2, None),
+            update(Op::Action, OpStatus::Succeeded, 1, Some("timed out")),
+            update(Op::Action, OpStatus::Failed, 1, None),
+            update(Op::Compensate, OpStatus::Succeeded, 1, None),
+        ] {
+            assert!(
+                !implied_by_success(TransType::Saga, GlobalStatus::Succeeded, &other),
+                "{other:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_succeeded_sagas_untouched_action_rows_read_as_first_call_successes() {
+        let submitted = |op| {
+            let mut r = row("01", op, OpStatus::Pending);
+            r.attempts = 0;
+            r
+        };
+        let mut retried = row("02", Op::Action, OpStatus::Succeeded);
+        retried.attempts = 3;
+        let stored = vec![submitted(Op::Action), retried.clone()];
+
+        let mut ops = stored.clone();
+        imply_first_call_successes(&global(TransType::Saga, GlobalStatus::Succeeded), &mut ops);
+        assert_eq!(
+            (ops[0].status, ops[0].attempts, ops[0].updated_at),
+            (OpStatus::Succeeded, 1, 9)
+        );
+        assert_eq!(ops[1], retried);
+
+        // Nothing is implied before the end, in another mode, or for a compensation.
+        for g in [
+            global(TransType::Saga, GlobalStatus::Submitted),
+            global(TransType::Saga, GlobalStatus::Failed),
+            global(TransType::Tcc, GlobalStatus::Succeeded),
+        ] {
+            let mut ops = stored.clone();
+            imply_first_call_successes(&g, &mut ops);
+            assert_eq!(ops, stored);
+        }
+        let mut comp = vec![submitted(Op::Compensate)];
+        imply_first_call_successes(&global(TransType::Saga, GlobalStatus::Succeeded), &mut comp);
+        assert_eq!(comp[0].status, OpStatus::Pending);
     }
 
     #[test]

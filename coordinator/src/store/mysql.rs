@@ -267,7 +267,8 @@ impl super::Store for MySqlStore {
                 .fetch_all(&self.pool)
                 .await
                 .ctx("load branch ops")?;
-        let ops = ops_from_rows(gid, &rows)?;
+        let mut ops = ops_from_rows(gid, &rows)?;
+        super::imply_first_call_successes(&global, &mut ops);
         Ok(Some((global, ops)))
     }
 

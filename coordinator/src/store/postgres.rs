@@ -267,6 +267,7 @@ impl PgStore {
         p: &super::Progress,
     ) -> Result<super::Saved, StoreError> {
         let sql = save_sql(
+            !p.ops.is_empty(),
             p.ops.iter().any(|o| o.op == dtx::Op::Compensate),
             !p.attempts.is_empty(),
         );
@@ -422,6 +423,7 @@ impl PgStore {
         let sql = batch_sql(BatchParts {
             inserts: !txs.is_empty(),
             saves: !saves.is_empty(),
+            op_updates: !updates.is_empty(),
             compensations: updates.iter().any(|(_, o)| o.op == dtx::Op::Compensate),
             attempts: !attempts.is_empty(),
         });
@@ -602,7 +604,7 @@ impl PgStore {
     }
 }
 
-/// One save's fenced update of its global row and its ops ($1-$17).
+/// One save's fenced update of its global row ($1-$11).
 const SAVE_ROWS: &str = concat!(
     "g AS (UPDATE dtx_global SET status = $1, needs_attention = $2, rollback_reason = COALESCE(rollback_reason, $3), ",
     "next_attempt_at = $4, attempts = attempts + $5, version = version + 1, updated_at = ",
@@ -614,7 +616,11 @@ const SAVE_ROWS: &str = concat!(
     "lease_owner = $7, lease_until = ",
     now!(),
     " + $8 ",
-    "WHERE gid = $9 AND version = $10 AND lease_owner = $11 RETURNING gid), ",
+    "WHERE gid = $9 AND version = $10 AND lease_owner = $11 RETURNING gid)"
+);
+
+/// One save's op updates ($12-$17).
+const SAVE_OPS: &str = concat!(
     "b AS (UPDATE dtx_branch AS br SET status = u.status, attempts = u.attempts, next_at = u.next_at, last_error = u.last_error, updated_at = ",
     now!(),
     " FROM g, unnest($12::text[], $13::text[], $14::text[], $15::bigint[], $16::bigint[], $17::text[]) AS u(branch_id, op, status, attempts, next_at, last_error) ",
@@ -646,10 +652,14 @@ const SAVE_ATTEMPTS: &str = concat!(
 /// The statement of one save, with the compensation and history parts only when it
 /// has them (as for batches: see [`batch_sql`]). Returns 1 row counting the global rows
 /// updated (0: the fence refused it).
-fn save_sql(compensations: bool, attempts: bool) -> &'static str {
-    static VARIANTS: [std::sync::OnceLock<String>; 4] = [const { std::sync::OnceLock::new() }; 4];
-    VARIANTS[usize::from(compensations) | usize::from(attempts) << 1].get_or_init(|| {
+fn save_sql(ops: bool, compensations: bool, attempts: bool) -> &'static str {
+    static VARIANTS: [std::sync::OnceLock<String>; 8] = [const { std::sync::OnceLock::new() }; 8];
+    let index = usize::from(ops) | usize::from(compensations) << 1 | usize::from(attempts) << 2;
+    VARIANTS[index].get_or_init(|| {
         let mut ctes = vec![SAVE_ROWS];
+        if ops {
+            ctes.push(SAVE_OPS);
+        }
         if compensations {
             ctes.push(SAVE_COMPENSATIONS);
         }
@@ -667,6 +677,9 @@ struct BatchParts {
     inserts: bool,
     /// Saves of transactions already there (global rows and op updates).
     saves: bool,
+    /// Op updates (a succeeded saga's final save often has none: see
+    /// [`super::implied_by_success`]).
+    op_updates: bool,
     /// Among the op updates, a compensation (which may need its row made).
     compensations: bool,
     /// Call history to append.
@@ -699,7 +712,7 @@ const BATCH_INSERTS: &str = concat!(
     "AS u(gid, branch_id, op, seq, target, payload, retry_limit, request_timeout_ms, compensate) JOIN g ON g.gid = u.gid)"
 );
 
-/// Fenced updates of global rows and their ops ($17-$33).
+/// Fenced updates of global rows ($17-$26).
 const BATCH_SAVES: &str = concat!(
     "i AS (SELECT * FROM unnest($17::text[], $18::bigint[], $19::text[], $20::text[], $21::text[], $22::text[], $23::bigint[], $24::bigint[], $25::bool[], $26::bigint[]) ",
     "AS t(gid, version, owner, status, needs_attention, rollback_reason, next_attempt_at, calls, final, lease_ms)), ",
@@ -716,7 +729,11 @@ const BATCH_SAVES: &str = concat!(
     " + i.lease_ms ",
     // `= ANY(...)` lets the planner find the rows through the primary key instead of
     // joining the whole table with the unnested input.
-    "FROM i WHERE d.gid = ANY($17::text[]) AND d.gid = i.gid AND d.version = i.version AND d.lease_owner = i.owner RETURNING d.gid), ",
+    "FROM i WHERE d.gid = ANY($17::text[]) AND d.gid = i.gid AND d.version = i.version AND d.lease_owner = i.owner RETURNING d.gid)"
+);
+
+/// The saves' op updates ($27-$33), for the ops that have rows (see BATCH_COMPENSATIONS).
+const BATCH_OP_UPDATES: &str = concat!(
     "sb AS (UPDATE dtx_branch br SET status = u.status, attempts = u.attempts, next_at = u.next_at, last_error = u.last_error, updated_at = ",
     now!(),
     " FROM unnest($27::text[], $28::text[], $29::text[], $30::text[], $31::bigint[], $32::bigint[], $33::text[]) ",
@@ -754,11 +771,12 @@ const BATCH_ATTEMPTS: &str = concat!(
 /// and no call history. Every variant takes the same 42 parameters, so that one binding
 /// serves them all. Returns `(inserted?, gid)` rows: the gids created and saved.
 fn batch_sql(parts: BatchParts) -> &'static str {
-    static VARIANTS: [std::sync::OnceLock<String>; 16] = [const { std::sync::OnceLock::new() }; 16];
+    static VARIANTS: [std::sync::OnceLock<String>; 32] = [const { std::sync::OnceLock::new() }; 32];
     let index = usize::from(parts.inserts)
         | usize::from(parts.saves) << 1
-        | usize::from(parts.compensations) << 2
-        | usize::from(parts.attempts) << 3;
+        | usize::from(parts.op_updates) << 2
+        | usize::from(parts.compensations) << 3
+        | usize::from(parts.attempts) << 4;
     VARIANTS[index].get_or_init(|| {
         let mut ctes = Vec::new();
         if parts.inserts {
@@ -766,6 +784,9 @@ fn batch_sql(parts: BatchParts) -> &'static str {
         }
         if parts.saves {
             ctes.push(BATCH_SAVES);
+            if parts.op_updates {
+                ctes.push(BATCH_OP_UPDATES);
+            }
             if parts.compensations {
                 ctes.push(BATCH_COMPENSATIONS);
             }
@@ -791,6 +812,7 @@ mod tests {
         let all = batch_sql(BatchParts {
             inserts: true,
             saves: true,
+            op_updates: true,
             compensations: true,
             attempts: true,
         });
@@ -800,26 +822,31 @@ mod tests {
         let saves = batch_sql(BatchParts {
             inserts: false,
             saves: true,
+            op_updates: false,
             compensations: false,
             attempts: false,
         });
         assert!(saves.starts_with("WITH i AS"));
-        assert!(!saves.contains("dtx_attempt") && !saves.contains("sc AS"));
+        assert!(!saves.contains("dtx_branch") && !saves.contains("dtx_attempt"));
         assert!(saves.ends_with("SELECT false, gid FROM s"));
         let inserts = batch_sql(BatchParts {
             inserts: true,
             saves: false,
+            op_updates: true,
             compensations: true,
             attempts: true,
         });
         assert!(!inserts.contains("s AS") && !inserts.contains("dtx_attempt"));
         assert!(inserts.ends_with("SELECT true, gid FROM g"));
-        let lone = save_sql(false, false);
+        let lone = save_sql(false, false, false);
         assert!(lone.starts_with("WITH g AS (UPDATE dtx_global"));
-        assert!(!lone.contains("dtx_attempt") && !lone.contains("c AS"));
-        assert!(save_sql(true, true).contains("c AS") && save_sql(true, true).contains("a AS"));
+        assert!(!lone.contains("dtx_branch") && !lone.contains("dtx_attempt"));
+        assert!(save_sql(true, false, false).contains("b AS (UPDATE dtx_branch"));
+        let full = save_sql(true, true, true);
+        assert!(full.contains("c AS") && full.contains("a AS"));
         // Every parameter a part uses is bound whatever the variant: the numbering of
         // the parts does not overlap.
         assert!(!BATCH_INSERTS.contains("$17") && !BATCH_SAVES.contains("$9:"));
+        assert!(!BATCH_SAVES.contains("$27") && !SAVE_ROWS.contains("$12"));
     }
 }

@@ -295,7 +295,8 @@ macro_rules! sql_store {
                     .fetch_all(&self.read)
                     .await
                     .ctx("load branch ops")?;
-                let ops = ops_from_rows(gid, &rows)?;
+                let mut ops = ops_from_rows(gid, &rows)?;
+                $crate::store::imply_first_call_successes(&global, &mut ops);
                 Ok(Some((global, ops)))
             }
 
