@@ -21,7 +21,7 @@ use crate::invoke::http::BranchCall;
 use crate::service::StoredOptions;
 use crate::store::{
     AttemptRecord, GlobalRow, NewTransaction, OpRow, OpUpdate, Progress, Saved, Store, StoreError,
-    implied_by_success,
+    implied_by_outcome,
 };
 
 /// Why a drive stopped early.
@@ -410,7 +410,14 @@ impl Driver {
                     ops: changed
                         .iter()
                         .map(|&i| op_update(&w.ops[i]))
-                        .filter(|u| !implied_by_success(w.tx.trans_type, plan.status, u))
+                        .filter(|u| {
+                            let action_called = w.ops.iter().any(|o| {
+                                o.op == dtx::Op::Action
+                                    && o.branch_id == u.branch_id
+                                    && o.attempts > 0
+                            });
+                            !implied_by_outcome(w.tx.trans_type, plan.status, u, action_called)
+                        })
                         .collect(),
                     calls: std::mem::take(&mut calls),
                     attempts: std::mem::take(&mut attempts),

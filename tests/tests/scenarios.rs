@@ -129,6 +129,28 @@ async fn saga_failure_compensates_in_reverse(backend: Backend) {
         "the failed step is compensated too, in reverse, and the step after it never runs"
     );
     assert_eq!(w.p.count("ship/action", &gid), 0);
+    let ops: Vec<_> = tx
+        .branches
+        .iter()
+        .map(|b| (b.branch_id.as_str(), b.op.as_str(), b.status, b.attempts))
+        .collect();
+    assert_eq!(
+        ops,
+        [
+            ("01", "action", OpStatus::Succeeded, 1),
+            ("01", "compensate", OpStatus::Succeeded, 1),
+            ("02", "action", OpStatus::Succeeded, 1),
+            ("02", "compensate", OpStatus::Succeeded, 1),
+            ("03", "action", OpStatus::Failed, 1),
+            ("03", "compensate", OpStatus::Succeeded, 1),
+            ("04", "action", OpStatus::Pending, 0),
+            ("04", "compensate", OpStatus::Pending, 0),
+        ]
+    );
+    // The compensations that succeeded at their first call got no rows: the failed saga
+    // implies them.
+    let stored = w.db.branch_rows(&gid).await;
+    assert!(stored.iter().all(|r| r.1 == "action"), "{stored:?}");
     assert!(
         tx.rollback_reason
             .as_deref()

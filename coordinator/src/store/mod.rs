@@ -188,36 +188,65 @@ pub fn with_deferred_compensations(rows: Vec<(OpRow, Option<String>)>) -> Vec<Op
     ops
 }
 
-/// Whether a saga's final save may leave out this op update: an action that succeeded at
-/// its first call, in a saga that is now `succeeded`. Its row still holds what the submit
-/// wrote (`pending`, no call, no error), which in a succeeded saga can mean nothing else
-/// (every action succeeded, and any other outcome of a call is written), so
-/// [`imply_first_call_successes`] reads it back as this update. Most sagas succeed at the
-/// first try: their final save then writes the global row alone.
-pub fn implied_by_success(trans_type: TransType, status: GlobalStatus, op: &OpUpdate) -> bool {
-    trans_type == TransType::Saga
-        && status == GlobalStatus::Succeeded
-        && op.op == Op::Action
+/// Whether a saga's final save may leave out this op update: an op that succeeded at its
+/// first call, in a saga whose final status implies it —
+/// - `succeeded`: an action (every action succeeded);
+/// - `failed`: the compensation of an action that was called (`action_called`: its row
+///   shows a call once this save is written). Every step whose action may have run is
+///   compensated before a saga fails.
+///
+/// Its row then still holds what it held before its call (`pending`, no call, no error;
+/// a compensation may have no row yet), and any other outcome of a call is written, so
+/// in such a saga that row can mean nothing else: [`imply_first_call_successes`] reads it
+/// back as this update. Most sagas end at the first try, and their final save then
+/// writes the global row alone.
+pub fn implied_by_outcome(
+    trans_type: TransType,
+    status: GlobalStatus,
+    op: &OpUpdate,
+    action_called: bool,
+) -> bool {
+    let implied = match (status, op.op) {
+        (GlobalStatus::Succeeded, Op::Action) => true,
+        (GlobalStatus::Failed, Op::Compensate) => action_called,
+        _ => false,
+    };
+    implied
+        && trans_type == TransType::Saga
         && op.status == OpStatus::Succeeded
         && op.attempts == 1
         && op.last_error.is_none()
 }
 
-/// The read side of [`implied_by_success`]: in a succeeded saga, an action row still as
-/// submitted (`pending`, no call, no error) is the action that succeeded at its first call.
+/// The read side of [`implied_by_outcome`]: in a succeeded saga, an action row still as
+/// submitted is the action that succeeded at its first call; in a failed saga, so is a
+/// compensation not called yet by its row whose action was called.
 pub fn imply_first_call_successes(global: &GlobalRow, ops: &mut [OpRow]) {
-    if global.trans_type != TransType::Saga || global.status != GlobalStatus::Succeeded {
+    if global.trans_type != TransType::Saga {
         return;
     }
-    for op in ops.iter_mut().filter(|o| {
-        o.op == Op::Action
-            && o.status == OpStatus::Pending
-            && o.attempts == 0
-            && o.last_error.is_none()
-    }) {
-        op.status = OpStatus::Succeeded;
-        op.attempts = 1;
-        op.updated_at = global.finished_at.unwrap_or(global.updated_at);
+    let implied_op = match global.status {
+        GlobalStatus::Succeeded => Op::Action,
+        GlobalStatus::Failed => Op::Compensate,
+        _ => return,
+    };
+    let called: std::collections::HashSet<String> = ops
+        .iter()
+        .filter(|o| o.op == Op::Action && o.attempts > 0)
+        .map(|o| o.branch_id.clone())
+        .collect();
+    let at = global.finished_at.unwrap_or(global.updated_at);
+    for op in ops.iter_mut() {
+        let untouched =
+            op.status == OpStatus::Pending && op.attempts == 0 && op.last_error.is_none();
+        if untouched
+            && op.op == implied_op
+            && (implied_op == Op::Action || called.contains(&op.branch_id))
+        {
+            op.status = OpStatus::Succeeded;
+            op.attempts = 1;
+            op.updated_at = at;
+        }
     }
 }
 
@@ -842,40 +871,36 @@ mod tests {
     }
 
     #[test]
-    fn only_a_first_call_success_in_a_succeeded_saga_is_left_unwritten() {
+    fn only_a_first_call_success_that_the_final_status_implies_is_left_unwritten() {
+        let implied =
+            |status, op: &OpUpdate, called| implied_by_outcome(TransType::Saga, status, op, called);
         let first = update(Op::Action, OpStatus::Succeeded, 1, None);
-        assert!(implied_by_success(
-            TransType::Saga,
-            GlobalStatus::Succeeded,
-            &first
-        ));
-        // Another mode, another status, a retried or failed call, a compensation: written.
-        assert!(!implied_by_success(
+        assert!(implied(GlobalStatus::Succeeded, &first, true));
+        // Another mode or status, a retried or failed call, an unrelated op: written.
+        assert!(!implied_by_outcome(
             TransType::Tcc,
             GlobalStatus::Succeeded,
-            &first
+            &first,
+            true
         ));
-        assert!(!implied_by_success(
-            TransType::Saga,
-            GlobalStatus::Submitted,
-            &first
-        ));
-        assert!(!implied_by_success(
-            TransType::Saga,
-            GlobalStatus::Aborting,
-            &first
-        ));
+        assert!(!implied(GlobalStatus::Submitted, &first, true));
+        assert!(!implied(GlobalStatus::Aborting, &first, true));
+        assert!(!implied(GlobalStatus::Failed, &first, true));
         for other in [
             update(Op::Action, OpStatus::Succeeded, 2, None),
             update(Op::Action, OpStatus::Succeeded, 1, Some("timed out")),
             update(Op::Action, OpStatus::Failed, 1, None),
             update(Op::Compensate, OpStatus::Succeeded, 1, None),
         ] {
-            assert!(
-                !implied_by_success(TransType::Saga, GlobalStatus::Succeeded, &other),
-                "{other:?}"
-            );
+            assert!(!implied(GlobalStatus::Succeeded, &other, true), "{other:?}");
         }
+        // A failed saga implies the compensations of its actions that were called.
+        let undo = update(Op::Compensate, OpStatus::Succeeded, 1, None);
+        assert!(implied(GlobalStatus::Failed, &undo, true));
+        assert!(!implied(GlobalStatus::Failed, &undo, false));
+        assert!(!implied(GlobalStatus::Aborting, &undo, true));
+        let retried = update(Op::Compensate, OpStatus::Succeeded, 2, None);
+        assert!(!implied(GlobalStatus::Failed, &retried, true));
     }
 
     #[test]
@@ -910,6 +935,47 @@ mod tests {
         let mut comp = vec![submitted(Op::Compensate)];
         imply_first_call_successes(&global(TransType::Saga, GlobalStatus::Succeeded), &mut comp);
         assert_eq!(comp[0].status, OpStatus::Pending);
+    }
+
+    #[test]
+    fn a_failed_sagas_untouched_compensations_of_called_actions_read_as_successes() {
+        let untouched = |id: &str, op| {
+            let mut r = row(id, op, OpStatus::Pending);
+            r.attempts = 0;
+            r
+        };
+        // 01 succeeded and 02 refused (both called, both compensated); 03 never ran.
+        let mut refused = row("02", Op::Action, OpStatus::Failed);
+        refused.last_error = Some("409".into());
+        let stored = vec![
+            row("01", Op::Action, OpStatus::Succeeded),
+            untouched("01", Op::Compensate),
+            refused,
+            untouched("02", Op::Compensate),
+            untouched("03", Op::Action),
+            untouched("03", Op::Compensate),
+        ];
+        let mut ops = stored.clone();
+        imply_first_call_successes(&global(TransType::Saga, GlobalStatus::Failed), &mut ops);
+        let seen: Vec<(&str, Op, OpStatus, i64)> = ops
+            .iter()
+            .map(|o| (o.branch_id.as_str(), o.op, o.status, o.attempts))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("01", Op::Action, OpStatus::Succeeded, 1),
+                ("01", Op::Compensate, OpStatus::Succeeded, 1),
+                ("02", Op::Action, OpStatus::Failed, 1),
+                ("02", Op::Compensate, OpStatus::Succeeded, 1),
+                ("03", Op::Action, OpStatus::Pending, 0),
+                ("03", Op::Compensate, OpStatus::Pending, 0),
+            ]
+        );
+        // While it is still aborting, nothing is implied.
+        let mut ops = stored.clone();
+        imply_first_call_successes(&global(TransType::Saga, GlobalStatus::Aborting), &mut ops);
+        assert_eq!(ops, stored);
     }
 
     #[test]

@@ -678,7 +678,7 @@ struct BatchParts {
     /// Saves of transactions already there (global rows and op updates).
     saves: bool,
     /// Op updates (a succeeded saga's final save often has none: see
-    /// [`super::implied_by_success`]).
+    /// [`super::implied_by_outcome`]).
     op_updates: bool,
     /// Among the op updates, a compensation (which may need its row made).
     compensations: bool,
