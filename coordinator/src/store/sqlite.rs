@@ -34,8 +34,12 @@ impl SqliteStore {
             // are recent and few, and five connections' caches were a fifth of the
             // coordinator's memory with 10,000 transactions in flight.
             .pragma("cache_size", "-1024");
+        // A file does not go away like a server connection: checking the writer
+        // connection before each use (a round trip to its worker thread, on every
+        // group-commit batch) would buy nothing.
         let write = SqlitePoolOptions::new()
             .max_connections(1)
+            .test_before_acquire(false)
             .connect_with(options.clone())
             .await
             .ctx("open the SQLite database")?;
