@@ -602,7 +602,8 @@ pub trait Store: Send + Sync + 'static {
     async fn now(&self) -> Result<i64, StoreError>;
     /// Inserts a transaction with its ops, unless the gid exists.
     async fn insert(&self, tx: &NewTransaction) -> Result<Inserted, StoreError>;
-    /// Reads a transaction and its ops (ordered by seq, branch, op).
+    /// Reads a transaction and its ops (ordered by seq, branch, op), with the first-call
+    /// successes its final status implies filled in (see [`imply_first_call_successes`]).
     async fn load(&self, gid: &str) -> Result<Option<(GlobalRow, Vec<OpRow>)>, StoreError>;
     /// Adds the ops of one branch to a transaction that is still `prepared`; they get the
     /// next registration order (`seq`), whatever the ops say.

@@ -675,7 +675,7 @@ fn save_sql(ops: bool, compensations: bool, attempts: bool) -> &'static str {
 struct BatchParts {
     /// New transactions (global rows and their branch ops).
     inserts: bool,
-    /// Saves of transactions already there (global rows and op updates).
+    /// Saves of transactions already there (their global rows).
     saves: bool,
     /// Op updates (a succeeded saga's final save often has none: see
     /// [`super::implied_by_outcome`]).
