@@ -106,13 +106,41 @@ async fn decision(client: &Client, gid: &str) -> Result<Option<bool>, ClientErro
     }
 }
 
+/// The loop of both recoveries: asks the coordinator for the decision on each prepared
+/// xid and carries it out with `settle(xid, commit)`.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+async fn recover_each(
+    prepared: Vec<String>,
+    client: &Client,
+    settle: impl AsyncFn(&str, bool) -> Result<(), sqlx::Error>,
+) -> Result<Vec<Resolution>, RecoverError> {
+    let mut done = Vec::new();
+    for x in prepared {
+        let Some((gid, _)) = parse_xid(&x) else {
+            continue;
+        };
+        done.push(match decision(client, gid).await? {
+            Some(true) => {
+                settle(&x, true).await?;
+                Resolution::Committed(x)
+            }
+            Some(false) => {
+                settle(&x, false).await?;
+                Resolution::RolledBack(x)
+            }
+            None => Resolution::Undecided(x),
+        });
+    }
+    Ok(done)
+}
+
 #[cfg(feature = "postgres")]
 pub mod postgres {
     //! XA branches on PostgreSQL (needs `max_prepared_transactions > 0`).
 
     use sqlx::{Connection, PgConnection, PgPool};
 
-    use super::{RecoverError, Resolution, XaError, decision, parse_xid, register, xid};
+    use super::{RecoverError, Resolution, XaError, register, xid};
     use crate::barrier::{self, BarrierBackend};
     use crate::client::Client;
     use crate::context::BranchContext;
@@ -123,6 +151,13 @@ pub mod postgres {
         e.as_database_error()
             .and_then(|d| d.code())
             .is_some_and(|c| c == "42704")
+    }
+
+    /// "prepared transaction ... is busy": another session is committing or rolling it back.
+    fn is_busy(e: &sqlx::Error) -> bool {
+        e.as_database_error()
+            .and_then(|d| d.code())
+            .is_some_and(|c| c == "55000")
     }
 
     /// Phase 1: registers the branch (phase 2 at `phase2_url`), runs `work` in a local
@@ -251,31 +286,28 @@ pub mod postgres {
             .await
     }
 
-    /// Resolves what a restart left prepared, asking the coordinator for each decision.
+    /// Resolves what a restart left prepared, asking the coordinator for each decision. A
+    /// phase-2 call or another recovery that settles a transaction first (the same way: the
+    /// coordinator decides once) is not an error: the resolution reports how it ended.
     pub async fn recover(pool: &PgPool, client: &Client) -> Result<Vec<Resolution>, RecoverError> {
-        let mut done = Vec::new();
-        for x in prepared(pool).await? {
-            let Some((gid, _)) = parse_xid(&x) else {
-                continue;
-            };
-            let outcome = match decision(client, gid).await? {
-                Some(true) => {
-                    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("COMMIT PREPARED '{x}'")))
-                        .execute(pool)
-                        .await?;
-                    Resolution::Committed(x)
+        super::recover_each(prepared(pool).await?, client, async |x, commit| {
+            let verb = if commit { "COMMIT" } else { "ROLLBACK" };
+            let sql = format!("{verb} PREPARED '{x}'");
+            let mut busy = 0;
+            loop {
+                match sqlx::raw_sql(sqlx::AssertSqlSafe(sql.as_str()))
+                    .execute(pool)
+                    .await
+                {
+                    // Another session is finishing it right now: wait for it to be gone.
+                    Err(e) if is_busy(&e) && busy < 100 => busy += 1,
+                    Err(e) if !is_unknown_xid(&e) => return Err(e),
+                    _ => return Ok(()),
                 }
-                Some(false) => {
-                    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("ROLLBACK PREPARED '{x}'")))
-                        .execute(pool)
-                        .await?;
-                    Resolution::RolledBack(x)
-                }
-                None => Resolution::Undecided(x),
-            };
-            done.push(outcome);
-        }
-        Ok(done)
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        })
+        .await
     }
 }
 
@@ -285,15 +317,65 @@ pub mod mysql {
     //! ROLLBACK`). A prepared XA transaction is detached from its connection (the
     //! connection is closed), so phase 2 can finish it from any connection, after a restart
     //! too.
+    //!
+    //! `XA RECOVER` lists the prepared transactions of the whole server, not of one
+    //! database, so each xid carries the pool's database as its branch qualifier
+    //! (`XA START 'dtx:{gid}:{branch}', X'<database>'`): [`prepared`] and [`recover`] touch
+    //! only this database's, never another service's on the same server.
 
     use sqlx::{Connection, MySqlConnection, MySqlPool};
 
-    use super::{RecoverError, Resolution, XaError, decision, parse_xid, register, xid};
+    use super::{RecoverError, Resolution, XaError, register, xid};
     use crate::barrier::{self, BarrierBackend};
     use crate::client::Client;
     use crate::context::BranchContext;
     use crate::result::{BranchError, BranchResult};
     use crate::types::Op;
+
+    /// The xid of a branch as MySQL takes it: [`xid`] as the global part, the pool's
+    /// database (hex, so any name is safe) as the branch qualifier.
+    fn scoped(pool: &MySqlPool, x: &str) -> String {
+        format!("'{x}', X'{}'", hex(&database(pool)))
+    }
+
+    fn database(pool: &MySqlPool) -> Vec<u8> {
+        let options = pool.connect_options();
+        options
+            .get_database()
+            .unwrap_or_default()
+            .as_bytes()
+            .to_vec()
+    }
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Runs `XA {verb}` on a branch's prepared transaction. An xid prepared by an SDK
+    /// without the qualifier is tried next. `Ok(false)`: neither is known.
+    async fn finish(pool: &MySqlPool, verb: &str, x: &str) -> Result<bool, sqlx::Error> {
+        for id in [scoped(pool, x), format!("'{x}'")] {
+            match sqlx::raw_sql(sqlx::AssertSqlSafe(format!("XA {verb} {id}")))
+                .execute(pool)
+                .await
+            {
+                Ok(_) => return Ok(true),
+                // MariaDB answers a rollback of a detached prepared transaction with
+                // XA_RBROLLBACK ("branch was rolled back"): done, not failed.
+                Err(e) if verb == "ROLLBACK" && is_rolled_back(&e) => return Ok(true),
+                Err(e) if is_unknown_xid(&e) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(false)
+    }
+
+    /// XA_RBROLLBACK.
+    fn is_rolled_back(e: &sqlx::Error) -> bool {
+        e.as_database_error()
+            .and_then(|d| d.code())
+            .is_some_and(|c| c == "XA100" || c == "1402")
+    }
 
     /// MySQL's "unknown XID" (XAER_NOTA).
     fn is_unknown_xid(e: &sqlx::Error) -> bool {
@@ -321,7 +403,8 @@ pub mod mysql {
         // prepared transaction from it.
         let options = pool.connect_options();
         let mut conn = MySqlConnection::connect_with(&options).await?;
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("XA START '{x}'")))
+        let x = scoped(pool, &x);
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("XA START {x}")))
             .execute(&mut conn)
             .await?;
         let step = async {
@@ -343,24 +426,24 @@ pub mod mysql {
             }
         }
         .await;
-        let end = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("XA END '{x}'")))
+        let end = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("XA END {x}")))
             .execute(&mut conn)
             .await;
         let result = match (step, end) {
             (Ok(Ok(v)), Ok(_)) => {
-                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("XA PREPARE '{x}'")))
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("XA PREPARE {x}")))
                     .execute(&mut conn)
                     .await?;
                 Ok(v)
             }
             (Ok(Err(e)), _) => {
-                let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("XA ROLLBACK '{x}'")))
+                let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("XA ROLLBACK {x}")))
                     .execute(&mut conn)
                     .await;
                 Err(e)
             }
             (Err(e), _) | (_, Err(e)) => {
-                let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("XA ROLLBACK '{x}'")))
+                let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("XA ROLLBACK {x}")))
                     .execute(&mut conn)
                     .await;
                 Err(XaError::Db(e))
@@ -374,23 +457,14 @@ pub mod mysql {
     pub async fn phase2(pool: &MySqlPool, ctx: &BranchContext) -> BranchResult {
         let x = xid(&ctx.gid, &ctx.branch_id);
         match ctx.op {
-            Op::Commit => match sqlx::raw_sql(sqlx::AssertSqlSafe(format!("XA COMMIT '{x}'")))
-                .execute(pool)
-                .await
-            {
-                Ok(_) => Ok(()),
-                Err(e) if is_unknown_xid(&e) => Ok(()),
-                Err(e) => Err(e.into()),
-            },
+            Op::Commit => {
+                finish(pool, "COMMIT", &x).await?;
+                Ok(())
+            }
             Op::Rollback => {
                 for _ in 0..10 {
-                    match sqlx::raw_sql(sqlx::AssertSqlSafe(format!("XA ROLLBACK '{x}'")))
-                        .execute(pool)
-                        .await
-                    {
-                        Ok(_) => return Ok(()),
-                        Err(e) if is_unknown_xid(&e) => {}
-                        Err(e) => return Err(e.into()),
+                    if finish(pool, "ROLLBACK", &x).await? {
+                        return Ok(());
                     }
                     let mut conn = pool.acquire().await?;
                     sqlx::raw_sql("SET SESSION innodb_lock_wait_timeout = 2")
@@ -429,51 +503,50 @@ pub mod mysql {
         }
     }
 
-    /// Transactions of dtx still prepared in this server (`XA RECOVER`).
+    /// Transactions of dtx still prepared in this pool's database (`XA RECOVER`, keeping
+    /// the xids whose branch qualifier is the database), as [`xid`]s.
     pub async fn prepared(pool: &MySqlPool) -> Result<Vec<String>, sqlx::Error> {
         use sqlx::Row;
+        let ours = database(pool);
         let rows = sqlx::raw_sql("XA RECOVER").fetch_all(pool).await?;
-        let mut out: Vec<String> = rows
-            .iter()
-            .filter_map(|r| {
-                r.try_get::<Vec<u8>, _>("data")
-                    .ok()
-                    .or_else(|| r.try_get::<String, _>("data").ok().map(String::into_bytes))
-            })
-            .map(|d| String::from_utf8_lossy(&d).into_owned())
-            .filter(|x| x.starts_with("dtx:"))
-            .collect();
+        let mut out = Vec::new();
+        for r in &rows {
+            let data: Vec<u8> = match r.try_get("data") {
+                Ok(d) => d,
+                Err(_) => r.try_get::<String, _>("data")?.into_bytes(),
+            };
+            let (gtrid, bqual) = (int(r, "gtrid_length")?, int(r, "bqual_length")?);
+            let Some(qualifier) = data.get(gtrid..gtrid + bqual) else {
+                continue;
+            };
+            if qualifier == ours.as_slice() && data.starts_with(b"dtx:") {
+                out.push(String::from_utf8_lossy(&data[..gtrid]).into_owned());
+            }
+        }
         out.sort();
         Ok(out)
     }
 
-    /// Resolves what a restart left prepared, as [`super::postgres::recover`].
+    /// A length column of `XA RECOVER` (BIGINT on MariaDB, maybe narrower elsewhere).
+    fn int(row: &sqlx::mysql::MySqlRow, column: &str) -> Result<usize, sqlx::Error> {
+        use sqlx::Row;
+        let n = match row.try_get::<i64, _>(column) {
+            Ok(n) => n,
+            Err(_) => row.try_get::<i32, _>(column)?.into(),
+        };
+        Ok(usize::try_from(n).unwrap_or(0))
+    }
+
+    /// Resolves what a restart left prepared in this pool's database, as
+    /// [`super::postgres::recover`].
     pub async fn recover(
         pool: &MySqlPool,
         client: &Client,
     ) -> Result<Vec<Resolution>, RecoverError> {
-        let mut done = Vec::new();
-        for x in prepared(pool).await? {
-            let Some((gid, _)) = parse_xid(&x) else {
-                continue;
-            };
-            let outcome = match decision(client, gid).await? {
-                Some(true) => {
-                    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("XA COMMIT '{x}'")))
-                        .execute(pool)
-                        .await?;
-                    Resolution::Committed(x)
-                }
-                Some(false) => {
-                    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("XA ROLLBACK '{x}'")))
-                        .execute(pool)
-                        .await?;
-                    Resolution::RolledBack(x)
-                }
-                None => Resolution::Undecided(x),
-            };
-            done.push(outcome);
-        }
-        Ok(done)
+        super::recover_each(prepared(pool).await?, client, async |x, commit| {
+            let verb = if commit { "COMMIT" } else { "ROLLBACK" };
+            finish(pool, verb, x).await.map(|_| ())
+        })
+        .await
     }
 }

@@ -354,6 +354,115 @@ async fn a_participant_dead_after_prepare_finishes_after_restart() {
     );
 }
 
+/// Two instances of each participant restart at once and both run their recovery: each
+/// sees the same prepared transaction, one settles it, the other finds it gone. Neither
+/// may fail, and both report how it ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_recoveries_at_once_both_succeed() {
+    let cdb = Backend::Sqlite.fresh().await;
+    let coord = CoordinatorProc::start(&cdb.url, &[]).await;
+    let ((pa, _da), (pb, _db)) = (pg().await, my().await);
+    let (a, ta) = bank(pa.clone(), &coord.url, "alice", 100).await;
+    let (b, tb) = bank(pb.clone(), &coord.url, "bob", 0).await;
+    let client = coord.client();
+    let (gid, prepared) = phase_one(&coord, &[(&b, "bob", 30), (&a, "alice", -30)]).await;
+    assert!(prepared, "both branches prepared");
+    for t in [ta, tb] {
+        t.abort();
+        let _ = t.await;
+    }
+    client.submit(&gid, &Finish::default()).await.unwrap();
+    let (Pool::Pg(pg), Pool::My(my)) = (&pa, &pb) else {
+        unreachable!()
+    };
+    let (pg1, pg2, my1, my2) = tokio::join!(
+        dtx::xa::postgres::recover(pg, &client),
+        dtx::xa::postgres::recover(pg, &client),
+        dtx::xa::mysql::recover(my, &client),
+        dtx::xa::mysql::recover(my, &client),
+    );
+    // A recovery that listed the transaction reports it committed; one that came after the
+    // other had finished lists nothing. At least one of the two saw it.
+    for (branch, both) in [
+        ("02", [pg1.unwrap(), pg2.unwrap()]),
+        ("01", [my1.unwrap(), my2.unwrap()]),
+    ] {
+        let committed = vec![dtx::xa::Resolution::Committed(dtx::xa::xid(&gid, branch))];
+        assert!(
+            both.iter().all(|r| r.is_empty() || *r == committed) && both.contains(&committed),
+            "{both:?}"
+        );
+    }
+    assert_eq!(
+        (pa.balance("alice").await, pb.balance("bob").await),
+        (70, 30)
+    );
+    // The banks come back; phase 2 finds nothing left prepared and the transfer succeeds.
+    let mut serving = Vec::new();
+    for bank in [&a, &b] {
+        let listener = tokio::net::TcpListener::bind(bank.base.trim_start_matches("http://"))
+            .await
+            .unwrap();
+        serving.push(serve(Arc::clone(bank), listener));
+    }
+    let done = query_until(&client, &gid, "the transfer to finish", |t| {
+        t.status.is_final()
+    })
+    .await;
+    assert_eq!(done.status, GlobalStatus::Succeeded);
+    assert_eq!(
+        (pa.balance("alice").await, pb.balance("bob").await),
+        (70, 30)
+    );
+}
+
+/// MariaDB's `XA RECOVER` lists the whole server's prepared transactions. A service's
+/// recovery must leave another database's alone, even one whose coordinator it does not
+/// know (asked, its own coordinator would answer 404, which means "roll back").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recovery_leaves_other_databases_alone() {
+    use sqlx::Connection;
+    let cdb = Backend::Sqlite.fresh().await;
+    let coord = CoordinatorProc::start(&cdb.url, &[]).await;
+    let ((mine, _d1), (theirs, _d2)) = (my().await, my().await);
+    let (Pool::My(mine), Pool::My(theirs)) = (&mine, &theirs) else {
+        unreachable!()
+    };
+    // The other service prepared a branch of a transaction our coordinator never saw.
+    let db = theirs.connect_options().get_database().unwrap().to_owned();
+    let foreign = dtx::xa::xid("elsewhere-1", "01");
+    let mut conn = sqlx::MySqlConnection::connect_with(&theirs.connect_options())
+        .await
+        .unwrap();
+    let id = format!("'{foreign}', '{db}'");
+    for step in ["START", "END", "PREPARE"] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("XA {step} {id}")))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    conn.close().await.unwrap();
+
+    let resolved = dtx::xa::mysql::recover(mine, &coord.client())
+        .await
+        .unwrap();
+    assert!(
+        !resolved
+            .iter()
+            .any(|r| format!("{r:?}").contains("elsewhere-1")),
+        "{resolved:?}"
+    );
+    assert_eq!(
+        dtx::xa::mysql::prepared(theirs).await.unwrap(),
+        vec![foreign.clone()]
+    );
+    // MariaDB answers this rollback with XA_RBROLLBACK; what counts is that it is gone.
+    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("XA ROLLBACK {id}")))
+        .execute(theirs)
+        .await;
+    assert!(dtx::xa::mysql::prepared(theirs).await.unwrap().is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_coordinator_dead_between_decision_and_phase_two_finishes_after_restart() {
     let cdb = Backend::Postgres.fresh().await;
