@@ -321,7 +321,9 @@ pub mod mysql {
     //! `XA RECOVER` lists the prepared transactions of the whole server, not of one
     //! database, so each xid carries the pool's database as its branch qualifier
     //! (`XA START 'dtx:{gid}:{branch}', X'<database>'`): [`prepared`] and [`recover`] touch
-    //! only this database's, never another service's on the same server.
+    //! only this database's, never another service's on the same server. Name the database
+    //! in the pool's URL: without one the qualifier is empty, as in xids of older SDKs, and
+    //! every such xid on the server counts as this pool's.
 
     use sqlx::{Connection, MySqlConnection, MySqlPool};
 
