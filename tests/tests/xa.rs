@@ -307,16 +307,65 @@ async fn transfers_between_postgres_and_mariadb() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_participant_dead_after_prepare_finishes_after_restart() {
+/// A transfer of 30 from alice (PostgreSQL) to bob (MariaDB) under a coordinator of its
+/// own, with both branches prepared.
+struct PreparedTransfer {
+    coord: CoordinatorProc,
+    pa: Pool,
+    pb: Pool,
+    a: Arc<Bank>,
+    b: Arc<Bank>,
+    /// The banks' servers (abort one to let the bank "die").
+    ta: tokio::task::JoinHandle<()>,
+    tb: tokio::task::JoinHandle<()>,
+    gid: String,
+    /// The databases, dropped (deleted) with the fixture: keep them bound.
+    _dbs: [Database; 3],
+}
+
+async fn prepared_transfer() -> PreparedTransfer {
     let cdb = Backend::Sqlite.fresh().await;
     let coord = CoordinatorProc::start(&cdb.url, &[]).await;
-    let ((pa, _da), (pb, _db)) = (pg().await, my().await);
+    let ((pa, da), (pb, db)) = (pg().await, my().await);
     let (a, ta) = bank(pa.clone(), &coord.url, "alice", 100).await;
-    let (b, _tb) = bank(pb.clone(), &coord.url, "bob", 0).await;
-    let client = coord.client();
+    let (b, tb) = bank(pb.clone(), &coord.url, "bob", 0).await;
     let (gid, prepared) = phase_one(&coord, &[(&b, "bob", 30), (&a, "alice", -30)]).await;
     assert!(prepared, "both branches prepared");
+    PreparedTransfer {
+        coord,
+        pa,
+        pb,
+        a,
+        b,
+        ta,
+        tb,
+        gid,
+        _dbs: [cdb, da, db],
+    }
+}
+
+/// Serves `bank` again on its old address, as after a restart.
+async fn restart(bank: &Arc<Bank>) -> tokio::task::JoinHandle<()> {
+    let listener = tokio::net::TcpListener::bind(bank.base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    serve(Arc::clone(bank), listener)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_dead_after_prepare_finishes_after_restart() {
+    let PreparedTransfer {
+        coord,
+        pa,
+        pb,
+        a,
+        ta,
+        tb: _tb,
+        gid,
+        _dbs,
+        ..
+    } = prepared_transfer().await;
+    let client = coord.client();
     // Bank A dies with its branch prepared; the initiator commits; phase 2 cannot reach A.
     ta.abort();
     let _ = ta.await;
@@ -328,17 +377,15 @@ async fn a_participant_dead_after_prepare_finishes_after_restart() {
         GlobalStatus::Submitted,
         "A is down: not final yet"
     );
-    // A restarts on the same address and resolves what it left prepared.
-    let listener = tokio::net::TcpListener::bind(a.base.trim_start_matches("http://"))
-        .await
-        .unwrap();
-    let _ta = serve(Arc::clone(&a), listener);
+    // A restarts: it resolves what it left prepared, then serves again on its address
+    // (in this order, phase 2 cannot settle it first: that race has its own test below).
     let Pool::Pg(pool) = &pa else { unreachable!() };
     let resolved = dtx::xa::postgres::recover(pool, &client).await.unwrap();
     assert_eq!(
         resolved,
         vec![dtx::xa::Resolution::Committed(dtx::xa::xid(&gid, "02"))]
     );
+    let _ta = restart(&a).await;
     let done = query_until(&client, &gid, "the transfer to finish", |t| {
         t.status.is_final()
     })
@@ -359,14 +406,19 @@ async fn a_participant_dead_after_prepare_finishes_after_restart() {
 /// may fail, and both report how it ended.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_recoveries_at_once_both_succeed() {
-    let cdb = Backend::Sqlite.fresh().await;
-    let coord = CoordinatorProc::start(&cdb.url, &[]).await;
-    let ((pa, _da), (pb, _db)) = (pg().await, my().await);
-    let (a, ta) = bank(pa.clone(), &coord.url, "alice", 100).await;
-    let (b, tb) = bank(pb.clone(), &coord.url, "bob", 0).await;
+    let PreparedTransfer {
+        coord,
+        pa,
+        pb,
+        a,
+        b,
+        ta,
+        tb,
+        gid,
+        _dbs,
+        ..
+    } = prepared_transfer().await;
     let client = coord.client();
-    let (gid, prepared) = phase_one(&coord, &[(&b, "bob", 30), (&a, "alice", -30)]).await;
-    assert!(prepared, "both branches prepared");
     for t in [ta, tb] {
         t.abort();
         let _ = t.await;
@@ -398,13 +450,7 @@ async fn two_recoveries_at_once_both_succeed() {
         (70, 30)
     );
     // The banks come back; phase 2 finds nothing left prepared and the transfer succeeds.
-    let mut serving = Vec::new();
-    for bank in [&a, &b] {
-        let listener = tokio::net::TcpListener::bind(bank.base.trim_start_matches("http://"))
-            .await
-            .unwrap();
-        serving.push(serve(Arc::clone(bank), listener));
-    }
+    let _serving = (restart(&a).await, restart(&b).await);
     let done = query_until(&client, &gid, "the transfer to finish", |t| {
         t.status.is_final()
     })
